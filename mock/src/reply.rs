@@ -1,0 +1,338 @@
+//! The bodies the mock answers with: OpenAI-shaped successes, canned provider
+//! errors, and the server-sent-event stream of a chat completion.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use hyper::StatusCode;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use crate::script::{CannedBody, StreamFailure};
+
+/// Token counts reported by every successful answer.
+const PROMPT_TOKENS: u32 = 11;
+const COMPLETION_TOKENS: u32 = 7;
+
+/// Which OpenAI endpoint a request was sent to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Endpoint {
+    ChatCompletions,
+    Completions,
+    Responses,
+    Embeddings,
+}
+
+impl Endpoint {
+    /// The endpoint for a request path (query excluded), if it is one the mock scripts.
+    pub fn from_path(path: &str) -> Option<Endpoint> {
+        Some(match path {
+            "/v1/chat/completions" => Endpoint::ChatCompletions,
+            "/v1/completions" => Endpoint::Completions,
+            "/v1/responses" => Endpoint::Responses,
+            "/v1/embeddings" => Endpoint::Embeddings,
+            _ => return None,
+        })
+    }
+}
+
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
+}
+
+pub(crate) fn failure_json(status: StatusCode, model: &str) -> Value {
+    let code = status.as_u16();
+    json!({"error": {
+        "message": format!("mock failure {code} for model {model}"),
+        "type": "server_error",
+        "code": format!("mock_{code}"),
+    }})
+}
+
+pub(crate) fn invalid_api_key_json() -> Value {
+    json!({"error": {
+        "message": "invalid api key",
+        "type": "invalid_request_error",
+        "code": "invalid_api_key",
+    }})
+}
+
+/// The content type and bytes of a canned body.
+pub(crate) fn canned(body: CannedBody, status: StatusCode) -> (&'static str, Bytes) {
+    const JSON: &str = "application/json";
+    let value = match body {
+        CannedBody::Html => return ("text/html", Bytes::from(cdn_error_page(status))),
+        CannedBody::Empty => return (JSON, Bytes::new()),
+        CannedBody::NoInstances => json!({"detail": "No instances available"}),
+        CannedBody::ChuteNotFound => json!({"detail": "chute not found"}),
+        CannedBody::Overloaded => json!({"error": {
+            "message": "The model is overloaded. Please try again later.",
+            "type": "server_error",
+            "code": "model_overloaded",
+        }}),
+        CannedBody::ErrorEnvelope => json!({"error": {
+            "message": "upstream provider error",
+            "type": "provider_error",
+            "code": 500,
+        }}),
+        CannedBody::ContextLength => json!({"error": {
+            "message": "This model's maximum context length is 8192 tokens. \
+                        However, your messages resulted in 9000 tokens.",
+            "type": "invalid_request_error",
+            "param": "messages",
+            "code": "context_length_exceeded",
+        }}),
+    };
+    (JSON, Bytes::from(value.to_string()))
+}
+
+/// An error page shaped like the ones CDNs put in front of a dead origin.
+fn cdn_error_page(status: StatusCode) -> String {
+    let title = format!(
+        "{} {}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("Error")
+    );
+    format!(
+        "<!DOCTYPE html><html><head><title>{title}</title></head>\
+         <body><h1>{title}</h1><hr><center>cloudflare</center></body></html>"
+    )
+}
+
+pub(crate) fn chat_completion_json(id: &str, model: &str) -> Value {
+    json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": unix_now(),
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": format!("Hello from {model}")},
+            "finish_reason": "stop",
+        }],
+        "usage": usage_json(COMPLETION_TOKENS),
+    })
+}
+
+pub(crate) fn embeddings_json(model: &str) -> Value {
+    json!({
+        "object": "list",
+        "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}],
+        "model": model,
+        "usage": {"prompt_tokens": PROMPT_TOKENS, "total_tokens": PROMPT_TOKENS},
+    })
+}
+
+fn usage_json(completion_tokens: u32) -> Value {
+    json!({
+        "prompt_tokens": PROMPT_TOKENS,
+        "completion_tokens": completion_tokens,
+        "total_tokens": PROMPT_TOKENS + completion_tokens,
+    })
+}
+
+/// What a streamed answer sends, decided before the response headers go out.
+pub(crate) struct StreamPlan {
+    pub id: String,
+    pub model: String,
+    pub created: u64,
+    pub chunks: u32,
+    pub gap: Duration,
+    pub include_usage: bool,
+    pub failure: Option<StreamFailure>,
+}
+
+/// One item for the response body: a complete SSE event, or the instruction to
+/// abort the connection where it stands.
+pub(crate) enum StreamItem {
+    Event(Bytes),
+    Abort,
+}
+
+impl StreamPlan {
+    /// Sends the events one by one into `tx`, sleeping `gap` between them, so that
+    /// each event leaves the server as its own HTTP chunk and at its own time.
+    /// Returns early if the client went away (the receiver was dropped).
+    pub async fn run(self, tx: mpsc::Sender<StreamItem>) {
+        let mut sender = PacedSender {
+            tx,
+            gap: self.gap,
+            first: true,
+        };
+        let error_event = |prefix: &str| {
+            let error = json!({"error": {
+                "message": "stream failed before content",
+                "type": "server_error",
+                "code": "stream_error",
+            }});
+            format!("{prefix}data: {error}\n\n")
+        };
+        let content_chunks = match self.failure {
+            Some(StreamFailure::ErrorEvent) => {
+                sender.event(error_event("event: error\n")).await;
+                return;
+            }
+            Some(StreamFailure::DataError) => {
+                sender.event(error_event("")).await;
+                return;
+            }
+            Some(StreamFailure::BreakAfter(n)) => n,
+            None => self.chunks,
+        };
+
+        let role = self.chunk(json!({"role": "assistant", "content": ""}), Value::Null);
+        if !sender.event(data_event(&role)).await {
+            return;
+        }
+        for i in 0..content_chunks {
+            let content = self.chunk(json!({"content": format!("tok{i} ")}), Value::Null);
+            if !sender.event(data_event(&content)).await {
+                return;
+            }
+        }
+        if matches!(self.failure, Some(StreamFailure::BreakAfter(_))) {
+            // Whatever the client was sent so far must reach it before the break,
+            // so give the server a moment (with nothing to write it flushes).
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = sender.tx.send(StreamItem::Abort).await;
+            return;
+        }
+
+        let stop = self.chunk(json!({}), json!("stop"));
+        if !sender.event(data_event(&stop)).await {
+            return;
+        }
+        if self.include_usage {
+            let usage = json!({
+                "id": self.id,
+                "object": "chat.completion.chunk",
+                "created": self.created,
+                "model": self.model,
+                "choices": [],
+                "usage": usage_json(self.chunks),
+            });
+            if !sender.event(data_event(&usage)).await {
+                return;
+            }
+        }
+        sender.event("data: [DONE]\n\n".to_owned()).await;
+    }
+
+    fn chunk(&self, delta: Value, finish_reason: Value) -> Value {
+        json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+        })
+    }
+}
+
+fn data_event(value: &Value) -> String {
+    format!("data: {value}\n\n")
+}
+
+struct PacedSender {
+    tx: mpsc::Sender<StreamItem>,
+    gap: Duration,
+    first: bool,
+}
+
+impl PacedSender {
+    /// Sends one event, after the gap unless it is the first. False once the
+    /// client is gone.
+    async fn event(&mut self, event: String) -> bool {
+        if !self.first && !self.gap.is_zero() {
+            tokio::time::sleep(self.gap).await;
+        }
+        self.first = false;
+        self.tx
+            .send(StreamItem::Event(Bytes::from(event)))
+            .await
+            .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn collect(plan: StreamPlan) -> (String, bool) {
+        let (tx, mut rx) = mpsc::channel(64);
+        plan.run(tx).await;
+        let mut text = String::new();
+        let mut aborted = false;
+        while let Some(item) = rx.recv().await {
+            match item {
+                StreamItem::Event(bytes) => text.push_str(&String::from_utf8_lossy(&bytes)),
+                StreamItem::Abort => aborted = true,
+            }
+        }
+        (text, aborted)
+    }
+
+    fn plan(failure: Option<StreamFailure>, include_usage: bool) -> StreamPlan {
+        StreamPlan {
+            id: "chatcmpl-mock-1".into(),
+            model: "m+chunks-2".into(),
+            created: 1,
+            chunks: 2,
+            gap: Duration::ZERO,
+            include_usage,
+            failure,
+        }
+    }
+
+    fn data_payloads(text: &str) -> Vec<&str> {
+        text.split("\n\n")
+            .filter_map(|event| event.strip_prefix("data: "))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn full_stream_with_usage() {
+        let (text, aborted) = collect(plan(None, true)).await;
+        assert!(!aborted);
+        let payloads = data_payloads(&text);
+        // role, 2 content, stop, usage, [DONE]
+        assert_eq!(payloads.len(), 6, "{text}");
+        assert_eq!(payloads[5], "[DONE]");
+        let chunks: Vec<Value> = payloads[..5]
+            .iter()
+            .map(|p| serde_json::from_str(p).unwrap())
+            .collect();
+        assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+        assert_eq!(chunks[1]["choices"][0]["delta"]["content"], "tok0 ");
+        assert_eq!(chunks[2]["choices"][0]["delta"]["content"], "tok1 ");
+        assert_eq!(chunks[3]["choices"][0]["finish_reason"], "stop");
+        assert_eq!(chunks[4]["choices"], json!([]));
+        assert_eq!(chunks[4]["usage"]["completion_tokens"], 2);
+        assert!(chunks.iter().all(|c| c["model"] == "m+chunks-2"));
+    }
+
+    #[tokio::test]
+    async fn no_usage_chunk_unless_asked() {
+        let (text, _) = collect(plan(None, false)).await;
+        assert_eq!(data_payloads(&text).len(), 5);
+        assert!(!text.contains("usage"));
+    }
+
+    #[tokio::test]
+    async fn error_event_only() {
+        let (text, aborted) = collect(plan(Some(StreamFailure::ErrorEvent), true)).await;
+        assert!(!aborted);
+        assert!(text.starts_with("event: error\ndata: {\"error\""), "{text}");
+        assert_eq!(text.matches("\n\n").count(), 1);
+    }
+
+    #[tokio::test]
+    async fn break_stops_without_end() {
+        let (text, aborted) = collect(plan(Some(StreamFailure::BreakAfter(1)), true)).await;
+        assert!(aborted);
+        assert_eq!(data_payloads(&text).len(), 2);
+        assert!(!text.contains("[DONE]"));
+    }
+}

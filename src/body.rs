@@ -1,0 +1,377 @@
+//! Reading and rewriting the top level of a JSON request body without parsing it.
+//!
+//! The filter needs two top-level fields (`model`, `stream`) and, later, to replace the
+//! bytes of one value. A full parse and re-serialisation would cost time proportional
+//! to the body and could change numbers, escapes or key order; this scanner walks the
+//! top-level object once, skipping nested values by bracket matching, and reports where
+//! the `model` value lies so that only those bytes are ever replaced.
+
+use std::ops::Range;
+
+/// What the top level of a request body says, as far as the filter cares.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopLevel {
+    /// The raw bytes of the `model` value (quotes included for a string), if present.
+    pub model: Option<Range<usize>>,
+    /// `stream` is the literal `true`.
+    pub stream: bool,
+}
+
+/// Why a body is not a JSON object the filter can act on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScanError {
+    /// The body does not start with `{` (after whitespace).
+    NotAnObject,
+    /// The JSON is broken at this byte offset.
+    Malformed(usize),
+    /// `model` appears twice at the top level: which one a provider reads is not
+    /// defined, so the filter will not pick one.
+    DuplicateModel,
+}
+
+/// Scans the top-level object of `body`.
+pub fn scan(body: &[u8]) -> Result<TopLevel, ScanError> {
+    let mut scanner = Scanner { body, pos: 0 };
+    scanner.skip_whitespace();
+    if scanner.peek() != Some(b'{') {
+        return Err(ScanError::NotAnObject);
+    }
+    scanner.pos += 1;
+    let mut found = TopLevel {
+        model: None,
+        stream: false,
+    };
+    scanner.skip_whitespace();
+    if scanner.peek() == Some(b'}') {
+        scanner.pos += 1;
+        return scanner.finish(found);
+    }
+    loop {
+        scanner.skip_whitespace();
+        let key = scanner.string()?;
+        scanner.skip_whitespace();
+        scanner.expect(b':')?;
+        scanner.skip_whitespace();
+        let value = scanner.value()?;
+        match key_name(body, key)? {
+            KeyName::Model if found.model.is_some() => return Err(ScanError::DuplicateModel),
+            KeyName::Model => found.model = Some(value),
+            KeyName::Stream => found.stream = body.get(value) == Some(b"true".as_slice()),
+            KeyName::Other => {}
+        }
+        scanner.skip_whitespace();
+        match scanner.next_byte() {
+            Some(b',') => continue,
+            Some(b'}') => return scanner.finish(found),
+            _ => return Err(ScanError::Malformed(scanner.pos.saturating_sub(1))),
+        }
+    }
+}
+
+/// Decodes the `model` value as a string; `None` when it is not a JSON string.
+pub fn model_name(body: &[u8], span: Range<usize>) -> Option<String> {
+    body.get(span)
+        .filter(|raw| raw.first() == Some(&b'"'))
+        .and_then(|raw| serde_json::from_slice::<String>(raw).ok())
+}
+
+/// The JSON literal for a model name, as written into a body.
+pub fn model_literal(model: &str) -> String {
+    // Serialising a str cannot fail; fall back to a quoted form that is still valid JSON
+    // for the names the config accepts, rather than unwrapping.
+    serde_json::to_string(model).unwrap_or_else(|_| format!("\"{model}\""))
+}
+
+/// The new first bytes of a body whose `model` value at `span` becomes `literal`:
+/// everything before the value, then the literal. Envoy replaces a body prefix in
+/// place, so only `span.end` bytes are ever rewritten, whatever the body's size.
+pub fn rewritten_prefix(before_model: &[u8], literal: &str) -> Vec<u8> {
+    let mut prefix = Vec::with_capacity(before_model.len() + literal.len());
+    prefix.extend_from_slice(before_model);
+    prefix.extend_from_slice(literal.as_bytes());
+    prefix
+}
+
+enum KeyName {
+    Model,
+    Stream,
+    Other,
+}
+
+fn key_name(body: &[u8], key: Range<usize>) -> Result<KeyName, ScanError> {
+    let start = key.start;
+    let raw = body.get(key).ok_or(ScanError::Malformed(start))?;
+    let inner = raw.get(1..raw.len().saturating_sub(1)).unwrap_or_default();
+    let name = if inner.contains(&b'\\') {
+        // An escaped key ("mod\u0065l") still names the field for a JSON reader.
+        match serde_json::from_slice::<String>(raw) {
+            Ok(decoded) => return Ok(classify(decoded.as_bytes())),
+            Err(_) => return Err(ScanError::Malformed(start)),
+        }
+    } else {
+        inner
+    };
+    Ok(classify(name))
+}
+
+fn classify(name: &[u8]) -> KeyName {
+    match name {
+        b"model" => KeyName::Model,
+        b"stream" => KeyName::Stream,
+        _ => KeyName::Other,
+    }
+}
+
+struct Scanner<'a> {
+    body: &'a [u8],
+    pos: usize,
+}
+
+impl Scanner<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.body.get(self.pos).copied()
+    }
+
+    fn next_byte(&mut self) -> Option<u8> {
+        let byte = self.peek();
+        self.pos += 1;
+        byte
+    }
+
+    fn expect(&mut self, wanted: u8) -> Result<(), ScanError> {
+        match self.next_byte() {
+            Some(byte) if byte == wanted => Ok(()),
+            _ => Err(ScanError::Malformed(self.pos.saturating_sub(1))),
+        }
+    }
+
+    fn skip_whitespace(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.pos += 1;
+        }
+    }
+
+    fn finish(mut self, found: TopLevel) -> Result<TopLevel, ScanError> {
+        self.skip_whitespace();
+        if self.pos < self.body.len() {
+            return Err(ScanError::Malformed(self.pos));
+        }
+        Ok(found)
+    }
+
+    /// A string starting at the current position; returns its span, quotes included.
+    fn string(&mut self) -> Result<Range<usize>, ScanError> {
+        let start = self.pos;
+        if self.peek() != Some(b'"') {
+            return Err(ScanError::Malformed(start));
+        }
+        self.pos += 1;
+        while let Some(byte) = self.next_byte() {
+            match byte {
+                b'"' => return Ok(start..self.pos),
+                b'\\' => self.pos += 1,
+                byte if byte < 0x20 => return Err(ScanError::Malformed(self.pos - 1)),
+                _ => {}
+            }
+        }
+        Err(ScanError::Malformed(start))
+    }
+
+    /// Any JSON value; nested containers are skipped by matching brackets, with an
+    /// explicit stack so that deep nesting costs memory, never the call stack.
+    fn value(&mut self) -> Result<Range<usize>, ScanError> {
+        let start = self.pos;
+        match self.peek() {
+            Some(b'"') => self.string(),
+            Some(b'{' | b'[') => self.container(),
+            Some(_) => {
+                while let Some(byte) = self.peek() {
+                    match byte {
+                        b'-' | b'+' | b'.' | b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z' => {
+                            self.pos += 1
+                        }
+                        _ => break,
+                    }
+                }
+                let literal = self.body.get(start..self.pos).unwrap_or_default();
+                if is_scalar(literal) {
+                    Ok(start..self.pos)
+                } else {
+                    Err(ScanError::Malformed(start))
+                }
+            }
+            None => Err(ScanError::Malformed(start)),
+        }
+    }
+
+    fn container(&mut self) -> Result<Range<usize>, ScanError> {
+        let start = self.pos;
+        let mut closers: Vec<u8> = Vec::new();
+        while let Some(byte) = self.peek() {
+            match byte {
+                b'"' => {
+                    self.string()?;
+                    continue;
+                }
+                b'{' => closers.push(b'}'),
+                b'[' => closers.push(b']'),
+                b'}' | b']' => {
+                    if closers.pop() != Some(byte) {
+                        return Err(ScanError::Malformed(self.pos));
+                    }
+                    if closers.is_empty() {
+                        self.pos += 1;
+                        return Ok(start..self.pos);
+                    }
+                }
+                _ => {}
+            }
+            self.pos += 1;
+        }
+        Err(ScanError::Malformed(start))
+    }
+}
+
+fn is_scalar(literal: &[u8]) -> bool {
+    match literal {
+        b"true" | b"false" | b"null" => true,
+        [] => false,
+        number => number
+            .iter()
+            .all(|b| matches!(b, b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model_of(body: &str) -> Option<String> {
+        let found = scan(body.as_bytes()).unwrap();
+        found
+            .model
+            .and_then(|span| model_name(body.as_bytes(), span))
+    }
+
+    #[test]
+    fn finds_model_and_stream() {
+        let body =
+            r#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+        let found = scan(body.as_bytes()).unwrap();
+        assert_eq!(&body[found.model.clone().unwrap()], "\"gpt-4o\"");
+        assert!(found.stream);
+        assert_eq!(model_of(body).as_deref(), Some("gpt-4o"));
+    }
+
+    #[test]
+    fn model_last_and_nested_models_ignored() {
+        let body = r#" { "messages" : [ {"model":"inner"} ], "x": {"model": "deep"}, "model" : "outer" } "#;
+        assert_eq!(model_of(body).as_deref(), Some("outer"));
+    }
+
+    #[test]
+    fn stream_must_be_literal_true() {
+        for (body, stream) in [
+            (r#"{"stream":true}"#, true),
+            (r#"{"stream":false}"#, false),
+            (r#"{"stream":"true"}"#, false),
+            (r#"{"stream":1}"#, false),
+            (r#"{}"#, false),
+        ] {
+            assert_eq!(scan(body.as_bytes()).unwrap().stream, stream, "{body}");
+        }
+    }
+
+    #[test]
+    fn escaped_strings_and_keys() {
+        let body = r#"{"a":"q\"}{[","mod\u0065l":"x\u00e9\"y","b":"\\"}"#;
+        assert_eq!(model_of(body).as_deref(), Some("xé\"y"));
+    }
+
+    #[test]
+    fn model_that_is_not_a_string() {
+        for body in [r#"{"model":7}"#, r#"{"model":null}"#, r#"{"model":["a"]}"#] {
+            let found = scan(body.as_bytes()).unwrap();
+            assert!(found.model.is_some());
+            assert_eq!(model_of(body), None, "{body}");
+        }
+    }
+
+    #[test]
+    fn rejects_what_is_not_an_object() {
+        for body in ["", "  ", "[1]", "\"model\"", "null", "\u{feff}{}"] {
+            assert_eq!(
+                scan(body.as_bytes()),
+                Err(ScanError::NotAnObject),
+                "{body:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_malformed_json() {
+        for body in [
+            "{",
+            r#"{"model"}"#,
+            r#"{"model":}"#,
+            r#"{"model":"a",}"#,
+            r#"{"model":"a"} x"#,
+            r#"{"a":[1,2}"#,
+            r#"{"a":{"b":1]}"#,
+            r#"{"a":"unterminated}"#,
+            r#"{"a":tru e}"#,
+            r#"{model:"a"}"#,
+            "{\"a\":\"raw\nnewline\"}",
+            r#"{"a":1 "b":2}"#,
+        ] {
+            assert!(
+                matches!(scan(body.as_bytes()), Err(ScanError::Malformed(_))),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn duplicate_model_is_refused() {
+        assert_eq!(
+            scan(br#"{"model":"a","model":"b"}"#),
+            Err(ScanError::DuplicateModel)
+        );
+    }
+
+    #[test]
+    fn deep_nesting_does_not_recurse() {
+        let depth = 100_000;
+        let body = format!(
+            r#"{{"model":"m","x":{}{}}}"#,
+            "[".repeat(depth),
+            "]".repeat(depth)
+        );
+        assert_eq!(model_of(&body).as_deref(), Some("m"));
+    }
+
+    #[test]
+    fn invalid_utf8_outside_model_is_fine() {
+        let mut body = br#"{"a":""#.to_vec();
+        body.extend_from_slice(&[0xff, 0xfe]);
+        body.extend_from_slice(br#"","model":"m"}"#);
+        let found = scan(&body).unwrap();
+        assert_eq!(
+            model_name(&body, found.model.unwrap()).as_deref(),
+            Some("m")
+        );
+    }
+
+    #[test]
+    fn rewrite_keeps_every_other_byte() {
+        let body = r#"{"messages":[{"content":"héllo ✓ 1.0e10"}],"model":"a","n":1.50}"#;
+        let span = scan(body.as_bytes()).unwrap().model.unwrap();
+        let literal = model_literal("b\"é");
+        let mut rewritten = rewritten_prefix(&body.as_bytes()[..span.start], &literal);
+        rewritten.extend_from_slice(&body.as_bytes()[span.end..]);
+        assert_eq!(
+            String::from_utf8(rewritten).unwrap(),
+            r#"{"messages":[{"content":"héllo ✓ 1.0e10"}],"model":"b\"é","n":1.50}"#
+        );
+    }
+}

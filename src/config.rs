@@ -1,0 +1,425 @@
+//! The plugin configuration: one JSON document, parsed and validated as a whole.
+//!
+//! Parsing walks a `serde_json::Value` by hand instead of deriving `Deserialize`, so
+//! that every error names the exact field it is about (`chains["gpt-4o"][1]`), which
+//! serde's derive cannot do without another dependency.
+
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Which of the two places in Envoy this instance of the module runs in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// In the HTTP connection manager's `http_filters`, before the router: reads the
+    /// request once, plans the fallback chain and drives the router's retries.
+    Gateway,
+    /// In the router's `upstream_http_filters`: runs once per upstream attempt and
+    /// writes that attempt's model into the body.
+    Attempt,
+}
+
+/// Statuses that trigger a fallback when the operator does not list their own:
+/// internal error, bad gateway, unavailable, gateway timeout, Cloudflare's 524.
+pub const DEFAULT_FALLBACK_STATUSES: [u16; 5] = [500, 502, 503, 504, 524];
+
+/// The OpenAI-compatible POST endpoints acted on by default.
+pub const DEFAULT_PATHS: [&str; 4] = [
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/responses",
+    "/v1/embeddings",
+];
+
+/// 4 MiB: above the largest chat requests seen in practice, small enough to buffer.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// Envoy keeps at most this many retries sensible for one request; longer chains are
+/// almost certainly a configuration mistake.
+pub const MAX_CHAIN_LENGTH: usize = 16;
+
+/// Upper bound for `max_body_bytes`: the router keeps a copy of the body per request.
+pub const MAX_BODY_BYTES_LIMIT: usize = 64 * 1024 * 1024;
+
+/// One validated configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// `role`: "gateway" (default) or "attempt".
+    pub role: Role,
+    /// `chains`: requested model -> the models tried after it, in order.
+    pub chains: BTreeMap<String, Vec<ChainEntry>>,
+    /// `default_chain`: the models tried after any requested model that has no chain
+    /// of its own. Empty (the default) means such requests pass through untouched.
+    pub default_chain: Vec<ChainEntry>,
+    /// `fallback_statuses`: upstream statuses that move on to the next model.
+    pub fallback_statuses: Vec<u16>,
+    /// `fallback_on_reset`: also move on when the upstream refuses the connection or
+    /// resets it before answering. Default true.
+    pub fallback_on_reset: bool,
+    /// `paths`: request paths acted on (query string ignored). An entry ending in `*`
+    /// matches as a prefix. Only POST requests are acted on.
+    pub paths: Vec<String>,
+    /// `max_body_bytes`: largest request body the gateway buffers; a larger one gets a
+    /// 413 JSON error, because Envoy would otherwise drop its retries silently.
+    pub max_body_bytes: usize,
+}
+
+/// One step of a fallback chain. Written in JSON as a model name, or as an object
+/// `{"model": "..."}` so that later settings (such as a provider) fit beside it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainEntry {
+    /// The model name written into the request body for this step.
+    pub model: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            role: Role::Gateway,
+            chains: BTreeMap::new(),
+            default_chain: Vec::new(),
+            fallback_statuses: DEFAULT_FALLBACK_STATUSES.to_vec(),
+            fallback_on_reset: true,
+            paths: DEFAULT_PATHS.iter().map(|p| p.to_string()).collect(),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+}
+
+/// A configuration error: the field it is about, and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "configuration: {}", self.message)
+        } else {
+            write!(f, "configuration field `{}`: {}", self.field, self.message)
+        }
+    }
+}
+
+fn error(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+impl Config {
+    /// Parses and validates the plugin configuration. Empty input means all defaults.
+    pub fn parse(input: &[u8]) -> Result<Config, ConfigError> {
+        if input.iter().all(|b| b.is_ascii_whitespace()) {
+            return Ok(Config::default());
+        }
+        let value: Value =
+            serde_json::from_slice(input).map_err(|e| error("", format!("not valid JSON: {e}")))?;
+        let Value::Object(fields) = value else {
+            return Err(error("", "must be a JSON object"));
+        };
+        Config::from_fields(&fields)
+    }
+
+    fn from_fields(fields: &Map<String, Value>) -> Result<Config, ConfigError> {
+        let mut config = Config::default();
+        for (name, value) in fields {
+            match name.as_str() {
+                "role" => config.role = parse_role(value)?,
+                "chains" => config.chains = parse_chains(value)?,
+                "default_chain" => config.default_chain = parse_chain("default_chain", value)?,
+                "fallback_statuses" => config.fallback_statuses = parse_statuses(value)?,
+                "fallback_on_reset" => config.fallback_on_reset = parse_bool(name, value)?,
+                "paths" => config.paths = parse_paths(value)?,
+                "max_body_bytes" => {
+                    config.max_body_bytes = parse_size(name, value, 1, MAX_BODY_BYTES_LIMIT)?
+                }
+                other => {
+                    return Err(error(
+                        other,
+                        "unknown field; expected one of role, chains, default_chain, \
+                         fallback_statuses, fallback_on_reset, paths, max_body_bytes",
+                    ))
+                }
+            }
+        }
+        Ok(config)
+    }
+
+    /// The models tried after `requested`, in order; empty when it has no chain.
+    pub fn chain_for(&self, requested: &str) -> &[ChainEntry] {
+        self.chains
+            .get(requested)
+            .map(Vec::as_slice)
+            .unwrap_or(&self.default_chain)
+    }
+
+    /// Whether a request with this method and path is one the gateway looks at.
+    pub fn acts_on(&self, method: &str, path: &str) -> bool {
+        if method != "POST" {
+            return false;
+        }
+        let path = path.split('?').next().unwrap_or(path);
+        self.paths
+            .iter()
+            .any(|pattern| match pattern.strip_suffix('*') {
+                Some(prefix) => path.starts_with(prefix),
+                None => path == pattern,
+            })
+    }
+}
+
+fn parse_role(value: &Value) -> Result<Role, ConfigError> {
+    match value.as_str() {
+        Some("gateway") => Ok(Role::Gateway),
+        Some("attempt") => Ok(Role::Attempt),
+        _ => Err(error("role", "must be \"gateway\" or \"attempt\"")),
+    }
+}
+
+fn parse_bool(field: &str, value: &Value) -> Result<bool, ConfigError> {
+    value
+        .as_bool()
+        .ok_or_else(|| error(field, "must be true or false"))
+}
+
+fn parse_size(field: &str, value: &Value, min: usize, max: usize) -> Result<usize, ConfigError> {
+    value
+        .as_u64()
+        .and_then(|n| usize::try_from(n).ok())
+        .filter(|n| (min..=max).contains(n))
+        .ok_or_else(|| error(field, format!("must be an integer from {min} to {max}")))
+}
+
+fn parse_chains(value: &Value) -> Result<BTreeMap<String, Vec<ChainEntry>>, ConfigError> {
+    let Value::Object(chains) = value else {
+        return Err(error(
+            "chains",
+            "must be an object mapping a requested model to its fallback models",
+        ));
+    };
+    let mut parsed = BTreeMap::new();
+    for (requested, chain) in chains {
+        let field = format!("chains[{requested:?}]");
+        check_model_name(&field, requested)?;
+        let entries = parse_chain(&field, chain)?;
+        if entries.is_empty() {
+            return Err(error(field, "must list at least one fallback model"));
+        }
+        parsed.insert(requested.clone(), entries);
+    }
+    Ok(parsed)
+}
+
+fn parse_chain(field: &str, value: &Value) -> Result<Vec<ChainEntry>, ConfigError> {
+    let Value::Array(items) = value else {
+        return Err(error(field, "must be an array of model names"));
+    };
+    if items.len() > MAX_CHAIN_LENGTH {
+        return Err(error(
+            field,
+            format!("has {} entries; at most {MAX_CHAIN_LENGTH}", items.len()),
+        ));
+    }
+    let mut entries = Vec::with_capacity(items.len());
+    for (index, item) in items.iter().enumerate() {
+        let item_field = format!("{field}[{index}]");
+        let entry = parse_chain_entry(&item_field, item)?;
+        if entries.contains(&entry) {
+            return Err(error(
+                item_field,
+                format!("model {:?} appears twice in this chain", entry.model),
+            ));
+        }
+        entries.push(entry);
+    }
+    Ok(entries)
+}
+
+fn parse_chain_entry(field: &str, value: &Value) -> Result<ChainEntry, ConfigError> {
+    let model = match value {
+        Value::String(model) => model.clone(),
+        Value::Object(entry) => {
+            let mut model = None;
+            for (name, value) in entry {
+                match name.as_str() {
+                    "model" => model = value.as_str().map(str::to_string),
+                    other => {
+                        return Err(error(
+                            format!("{field}.{other}"),
+                            "unknown field; expected model",
+                        ))
+                    }
+                }
+            }
+            model.ok_or_else(|| error(format!("{field}.model"), "must be a string"))?
+        }
+        _ => {
+            return Err(error(
+                field,
+                "must be a model name or an object {\"model\": ...}",
+            ))
+        }
+    };
+    check_model_name(field, &model)?;
+    Ok(ChainEntry { model })
+}
+
+fn check_model_name(field: &str, model: &str) -> Result<(), ConfigError> {
+    if model.is_empty() {
+        return Err(error(field, "model name must not be empty"));
+    }
+    if model.len() > 256 {
+        return Err(error(field, "model name is longer than 256 bytes"));
+    }
+    if model.chars().any(char::is_control) {
+        return Err(error(
+            field,
+            "model name must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+fn parse_statuses(value: &Value) -> Result<Vec<u16>, ConfigError> {
+    let field = "fallback_statuses";
+    let Value::Array(items) = value else {
+        return Err(error(field, "must be an array of HTTP status codes"));
+    };
+    let mut statuses = Vec::with_capacity(items.len());
+    for (index, item) in items.iter().enumerate() {
+        let status = item
+            .as_u64()
+            .and_then(|n| u16::try_from(n).ok())
+            .filter(|n| (400..=599).contains(n))
+            .ok_or_else(|| {
+                error(
+                    format!("{field}[{index}]"),
+                    "must be an error status from 400 to 599",
+                )
+            })?;
+        if !statuses.contains(&status) {
+            statuses.push(status);
+        }
+    }
+    Ok(statuses)
+}
+
+fn parse_paths(value: &Value) -> Result<Vec<String>, ConfigError> {
+    let Value::Array(items) = value else {
+        return Err(error("paths", "must be an array of request paths"));
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(index, item)| match item.as_str() {
+            Some(path) if path.starts_with('/') && !path.contains('?') => Ok(path.to_string()),
+            _ => Err(error(
+                format!("paths[{index}]"),
+                "must be a path starting with '/', without a query; end it with '*' to match a prefix",
+            )),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<Config, ConfigError> {
+        Config::parse(json.as_bytes())
+    }
+
+    fn field_of(json: &str) -> String {
+        parse(json).unwrap_err().field
+    }
+
+    #[test]
+    fn empty_input_gives_defaults() {
+        assert_eq!(parse("").unwrap(), Config::default());
+        assert_eq!(parse("{}").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn full_config_parses() {
+        let config = parse(
+            r#"{"role":"gateway","chains":{"a":["b",{"model":"c"}]},"default_chain":["z"],
+               "fallback_statuses":[500,429,500],"fallback_on_reset":false,
+               "paths":["/v1/chat/completions","/api/*"],"max_body_bytes":1024}"#,
+        )
+        .unwrap();
+        let models: Vec<_> = config.chain_for("a").iter().map(|e| &e.model).collect();
+        assert_eq!(models, ["b", "c"]);
+        assert_eq!(config.chain_for("other")[0].model, "z");
+        assert_eq!(config.fallback_statuses, [500, 429]);
+        assert!(!config.fallback_on_reset);
+        assert_eq!(config.max_body_bytes, 1024);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (r#"{"rolee":"gateway"}"#, "rolee"),
+            (r#"{"role":"router"}"#, "role"),
+            (r#"{"chains":[]}"#, "chains"),
+            (r#"{"chains":{"a":"b"}}"#, r#"chains["a"]"#),
+            (r#"{"chains":{"a":[]}}"#, r#"chains["a"]"#),
+            (r#"{"chains":{"a":["b",""]}}"#, r#"chains["a"][1]"#),
+            (r#"{"chains":{"a":["b","b"]}}"#, r#"chains["a"][1]"#),
+            (
+                r#"{"chains":{"a":[{"model":"b","x":1}]}}"#,
+                r#"chains["a"][0].x"#,
+            ),
+            (
+                r#"{"chains":{"a":[{"model":3}]}}"#,
+                r#"chains["a"][0].model"#,
+            ),
+            (r#"{"chains":{"a":[7]}}"#, r#"chains["a"][0]"#),
+            (r#"{"chains":{"":["b"]}}"#, r#"chains[""]"#),
+            (r#"{"chains":{"a":["b\nc"]}}"#, r#"chains["a"][0]"#),
+            (r#"{"default_chain":{}}"#, "default_chain"),
+            (r#"{"fallback_statuses":[500,200]}"#, "fallback_statuses[1]"),
+            (r#"{"fallback_statuses":["500"]}"#, "fallback_statuses[0]"),
+            (r#"{"fallback_statuses":500}"#, "fallback_statuses"),
+            (r#"{"fallback_on_reset":"yes"}"#, "fallback_on_reset"),
+            (r#"{"paths":["v1/chat"]}"#, "paths[0]"),
+            (r#"{"paths":["/a?b=1"]}"#, "paths[0]"),
+            (r#"{"max_body_bytes":0}"#, "max_body_bytes"),
+            (r#"{"max_body_bytes":-5}"#, "max_body_bytes"),
+            (r#"{"max_body_bytes":1e3}"#, "max_body_bytes"),
+        ];
+        for (json, field) in cases {
+            assert_eq!(field_of(json), field, "{json}");
+        }
+    }
+
+    #[test]
+    fn too_long_chain_is_rejected() {
+        let chain: Vec<String> = (0..=MAX_CHAIN_LENGTH)
+            .map(|i| format!("\"m{i}\""))
+            .collect();
+        let json = format!(r#"{{"chains":{{"a":[{}]}}}}"#, chain.join(","));
+        assert_eq!(field_of(&json), r#"chains["a"]"#);
+    }
+
+    #[test]
+    fn not_an_object_or_not_json() {
+        assert_eq!(field_of("[1]"), "");
+        assert!(parse("{").unwrap_err().message.contains("not valid JSON"));
+        assert!(parse("[]").unwrap_err().to_string().contains("JSON object"));
+    }
+
+    #[test]
+    fn acts_on_post_to_listed_paths_only() {
+        let config = parse(r#"{"paths":["/v1/chat/completions","/openai/*"]}"#).unwrap();
+        assert!(config.acts_on("POST", "/v1/chat/completions"));
+        assert!(config.acts_on("POST", "/v1/chat/completions?x=1"));
+        assert!(config.acts_on("POST", "/openai/deployments/x"));
+        assert!(!config.acts_on("GET", "/v1/chat/completions"));
+        assert!(!config.acts_on("POST", "/v1/chat/completions/x"));
+        assert!(!config.acts_on("POST", "/v1/models"));
+    }
+}

@@ -1,0 +1,55 @@
+//! Host calls that cannot panic. The SDK's trait methods unwrap every host status and a
+//! panic kills the worker's VM, so the filter calls `proxy_wasm::hostcalls` directly
+//! and treats a failed call as "not available".
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{BufferType, Bytes, MapType, Status};
+
+pub fn request_header(name: &str) -> Option<String> {
+    hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
+        .ok()
+        .flatten()
+}
+
+/// Sets (`Some`) or removes (`None`) a request header.
+pub fn set_request_header(name: &str, value: Option<&str>) -> Result<(), Status> {
+    hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value)
+}
+
+pub fn property(name: &str) -> Option<Bytes> {
+    hostcalls::get_property(vec![name]).ok().flatten()
+}
+
+pub fn set_property(name: &str, value: &[u8]) -> Result<(), Status> {
+    hostcalls::set_property(vec![name], Some(value))
+}
+
+pub fn request_body(start: usize, len: usize) -> Option<Bytes> {
+    if len == 0 {
+        return Some(Vec::new());
+    }
+    hostcalls::get_buffer(BufferType::HttpRequestBody, start, len)
+        .ok()
+        .flatten()
+}
+
+/// Replaces the first `len` bytes of the buffered request body with `bytes`.
+pub fn replace_request_body_prefix(len: usize, bytes: &[u8]) -> Result<(), Status> {
+    hostcalls::set_buffer(BufferType::HttpRequestBody, 0, len, bytes)
+}
+
+pub fn plugin_configuration(len: usize) -> Result<Bytes, Status> {
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    hostcalls::get_buffer(BufferType::PluginConfiguration, 0, len).map(Option::unwrap_or_default)
+}
+
+/// Ends the request with a local JSON answer.
+pub fn send_json(status: u32, body: &str) -> Result<(), Status> {
+    hostcalls::send_http_response(
+        status,
+        vec![("content-type", "application/json")],
+        Some(body.as_bytes()),
+    )
+}

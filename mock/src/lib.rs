@@ -17,14 +17,25 @@
 //! | `chunks-N`, `gap-MS` | streams: N content chunks (default 3), MS between events |
 //! | `sse-error`, `sse-dataerror` | streams: a single error event, then a clean end |
 //! | `break-N` | streams: role chunk and N content chunks, then abort the connection |
+//! | `cut` | non-streamed answers: headers and half the body, then abort the connection |
+//! | `chaos-P` | fail with probability P% as one of: 500, 502, 503, 429, no answer for 10 s, `drop`, `garbage`, `break-1` (streams) or `cut`; the draw is seeded by the request header `x-mock-seed` and the model name (see [`chaos_draw`]) |
+//!
+//! A body that `serde_json` cannot read as a whole (nested deeper than its recursion
+//! limit, invalid UTF-8 in some other string) still has its top-level `model` and
+//! `stream` read, skipping the other fields without recursion or UTF-8 checks.
 //!
 //! Requests to paths other than `/v1/chat/completions`, `/v1/completions`,
 //! `/v1/responses`, `/v1/embeddings`, or without a string `model`, are echoed back
 //! byte for byte. `GET /__mock/requests` lists what was recorded and
 //! `DELETE /__mock/requests` forgets it.
 
+mod chaos;
 mod reply;
 mod script;
+
+pub use chaos::{
+    chaos_draw, chaos_percent, ChaosFailure, CHAOS_FAILURES, CHAOS_TIMEOUT, SEED_HEADER,
+};
 
 use std::convert::Infallible;
 use std::io::{self, Write as _};
@@ -45,7 +56,7 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
@@ -133,6 +144,8 @@ struct State {
     started: Instant,
     requests: Mutex<Vec<RecordedRequest>>,
     next_completion_id: AtomicU64,
+    /// Seeds chaos draws of requests without an `x-mock-seed` header.
+    next_seed: AtomicU64,
 }
 
 impl State {
@@ -142,6 +155,7 @@ impl State {
             started: Instant::now(),
             requests: Mutex::new(Vec::new()),
             next_completion_id: AtomicU64::new(1),
+            next_seed: AtomicU64::new(1),
         }
     }
 
@@ -345,12 +359,13 @@ async fn handle(
     }
 
     let json: Option<Value> = serde_json::from_slice(&body).ok();
-    let model = json
-        .as_ref()
-        .and_then(|j| j.get("model"))
-        .and_then(Value::as_str)
-        .map(str::to_owned);
-    let stream = json.as_ref().and_then(|j| j.get("stream")) == Some(&Value::Bool(true));
+    let (model, stream) = match &json {
+        Some(json) => (
+            json.get("model").and_then(Value::as_str).map(str::to_owned),
+            json.get("stream") == Some(&Value::Bool(true)),
+        ),
+        None => lenient_top_level(&body),
+    };
     let include_usage = json
         .as_ref()
         .and_then(|j| j.pointer("/stream_options/include_usage"))
@@ -378,12 +393,18 @@ async fn handle(
     } else {
         match (Endpoint::from_path(head.uri.path()), model) {
             (Some(endpoint), Some(model)) => {
+                let seed = head
+                    .headers
+                    .get(SEED_HEADER)
+                    .and_then(|v| v.to_str().ok()?.trim().parse().ok())
+                    .unwrap_or_else(|| state.next_seed.fetch_add(1, Ordering::Relaxed));
                 let answer = Answer {
                     endpoint,
                     model,
                     stream,
                     include_usage,
                     over_http2: head.version == Version::HTTP_2,
+                    seed,
                 };
                 answer.scripted(&state, raw).await?
             }
@@ -391,6 +412,21 @@ async fn handle(
         }
     };
     Ok(with_name(response, &state.options.name))
+}
+
+/// The top-level `model` (if a string) and `stream` (if `true`) of a body that is not
+/// a JSON value `serde_json` reads whole: ignored fields are skipped iteratively and
+/// without UTF-8 validation. `(None, false)` if even that fails.
+fn lenient_top_level(body: &[u8]) -> (Option<String>, bool) {
+    #[derive(Deserialize)]
+    struct TopLevel {
+        model: Option<String>,
+        stream: Option<bool>,
+    }
+    match serde_json::from_slice::<TopLevel>(body) {
+        Ok(top) => (top.model, top.stream == Some(true)),
+        Err(_) => (None, false),
+    }
 }
 
 /// The request headers as strings. HTTP/2 carries the host in the `:authority`
@@ -441,6 +477,8 @@ struct Answer {
     stream: bool,
     include_usage: bool,
     over_http2: bool,
+    /// Seed of a `chaos-P` draw.
+    seed: u64,
 }
 
 impl Answer {
@@ -449,7 +487,12 @@ impl Answer {
         state: &State,
         raw: Arc<StdTcpStream>,
     ) -> Result<Response<ResponseBody>, Aborted> {
-        let script = Script::parse(&self.model);
+        let mut script = Script::parse(&self.model);
+        if let Some(percent) = script.chaos {
+            if let Some(failure) = chaos_draw(self.seed, &self.model, percent) {
+                script.apply_chaos(failure, self.stream);
+            }
+        }
         if !script.delay.is_zero() {
             tokio::time::sleep(script.delay).await;
         }
@@ -488,6 +531,9 @@ impl Answer {
                 failure: script.stream_failure,
             };
             event_stream(plan, (!self.over_http2).then_some(raw))
+        } else if script.cut {
+            let completion = reply::chat_completion_json(&state.completion_id(), &self.model);
+            cut_json_response(&completion, (!self.over_http2).then_some(raw))
         } else {
             let completion = reply::chat_completion_json(&state.completion_id(), &self.model);
             json_response(status, &completion)
@@ -537,6 +583,27 @@ fn event_stream(plan: StreamPlan, raw: Option<Arc<StdTcpStream>>) -> Response<Re
     response
         .headers_mut()
         .insert("cache-control", HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// A 200 JSON answer whose `content-length` promises the whole body, of which only
+/// the first half is sent before the connection is aborted (`raw`, HTTP/1) or the
+/// stream reset (HTTP/2).
+fn cut_json_response(value: &Value, raw: Option<Arc<StdTcpStream>>) -> Response<ResponseBody> {
+    let body = value.to_string().into_bytes();
+    let half = Bytes::copy_from_slice(body.get(..body.len() / 2).unwrap_or_default());
+    let (tx, rx) = mpsc::channel(1);
+    tokio::spawn(async move {
+        if tx.send(StreamItem::Event(half)).await.is_ok() {
+            // Let the half reach the client before the break, as `break-N` does.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = tx.send(StreamItem::Abort).await;
+        }
+    });
+    let mut response = Response::new(BoxBody::new(EventBody { rx, raw }));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(hyper::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     response
 }
 

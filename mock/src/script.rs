@@ -65,6 +65,10 @@ pub(crate) struct Script {
     pub chunks: u32,
     pub gap: Duration,
     pub stream_failure: Option<StreamFailure>,
+    /// `cut`: a non-streamed answer breaks off halfway through its body.
+    pub cut: bool,
+    /// `chaos-P`: fail with probability P% (see `chaos`).
+    pub chaos: Option<u32>,
 }
 
 pub(crate) const DEFAULT_CHUNKS: u32 = 3;
@@ -81,11 +85,31 @@ impl Default for Script {
             chunks: DEFAULT_CHUNKS,
             gap: Duration::ZERO,
             stream_failure: None,
+            cut: false,
+            chaos: None,
         }
     }
 }
 
 impl Script {
+    /// Turns a chaos draw into the directives that produce it.
+    pub fn apply_chaos(&mut self, failure: crate::chaos::ChaosFailure, stream: bool) {
+        use crate::chaos::{ChaosFailure, CHAOS_TIMEOUT};
+        match failure {
+            ChaosFailure::Status(code) => {
+                self.status = StatusCode::from_u16(code).ok();
+                self.body = None;
+            }
+            ChaosFailure::Timeout => self.delay = CHAOS_TIMEOUT,
+            ChaosFailure::Reset => self.drop_connection = true,
+            ChaosFailure::Garbage => self.garbage = true,
+            ChaosFailure::Break if stream => {
+                self.stream_failure = Some(StreamFailure::BreakAfter(1));
+            }
+            ChaosFailure::Break => self.cut = true,
+        }
+    }
+
     /// Reads the directives of `model`. Parts that are not (well-formed) directives
     /// are ignored; when two directives set the same thing, the later one wins.
     pub fn parse(model: &str) -> Script {
@@ -104,6 +128,7 @@ impl Script {
         match part {
             "drop" => self.drop_connection = true,
             "garbage" => self.garbage = true,
+            "cut" => self.cut = true,
             "sse-error" => self.stream_failure = Some(StreamFailure::ErrorEvent),
             "sse-dataerror" => self.stream_failure = Some(StreamFailure::DataError),
             _ => self.apply_with_argument(part),
@@ -134,6 +159,10 @@ impl Script {
         } else if let Some(n) = part.strip_prefix("break-") {
             if let Ok(n) = n.parse() {
                 self.stream_failure = Some(StreamFailure::BreakAfter(n));
+            }
+        } else if part.starts_with("chaos-") {
+            if let Some(percent) = crate::chaos::chaos_percent(part) {
+                self.chaos = Some(percent);
             }
         }
     }
@@ -181,6 +210,14 @@ mod tests {
             Script::parse("m+sse-dataerror").stream_failure,
             Some(StreamFailure::DataError)
         );
+    }
+
+    #[test]
+    fn cut_and_chaos() {
+        let script = Script::parse("m+cut+chaos-30");
+        assert!(script.cut);
+        assert_eq!(script.chaos, Some(30));
+        assert_eq!(Script::parse("m+chaos-101").chaos, None);
     }
 
     #[test]

@@ -518,3 +518,87 @@ fn start_on_a_taken_address_fails() {
     let mock = Mock::start();
     assert!(Mock::start_on(mock.addr()).is_err());
 }
+
+#[test]
+fn cut_sends_half_of_a_json_answer() {
+    let mock = Mock::start();
+    let (received, _reset) =
+        raw_exchange(mock.addr(), &raw_chat_request(&json!({"model": "c+cut"})));
+    let text = String::from_utf8_lossy(&received);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    let promised: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(!body.is_empty() && body.len() < promised, "{text}");
+    assert!(serde_json::from_str::<Value>(body).is_err());
+}
+
+#[tokio::test]
+async fn chaos_answers_as_drawn_for_the_seed() {
+    use mock_upstream::{chaos_draw, ChaosFailure, SEED_HEADER};
+    let mock = Mock::start();
+    let model = "m+chaos-60";
+    let mut seen = std::collections::HashSet::new();
+    for seed in 0..60u64 {
+        let drawn = chaos_draw(seed, model, 60);
+        if drawn == Some(ChaosFailure::Timeout) {
+            continue; // 10 s; its effect is the `delay` directive's
+        }
+        let result = client()
+            .post(format!("{}/v1/chat/completions", mock.url()))
+            .header(SEED_HEADER, seed.to_string())
+            .json(&json!({"model": model}))
+            .send()
+            .await;
+        let outcome = match result {
+            Err(_) => "error".to_string(),
+            Ok(response) => {
+                let status = response.status().as_u16();
+                match response.bytes().await {
+                    Ok(body) if serde_json::from_slice::<Value>(&body).is_ok() => {
+                        status.to_string()
+                    }
+                    _ => "cut".to_string(),
+                }
+            }
+        };
+        let expected = match drawn {
+            None => "200".to_string(),
+            Some(ChaosFailure::Status(code)) => code.to_string(),
+            Some(ChaosFailure::Reset | ChaosFailure::Garbage) => "error".to_string(),
+            Some(ChaosFailure::Break) => "cut".to_string(),
+            Some(ChaosFailure::Timeout) => unreachable!(),
+        };
+        assert_eq!(outcome, expected, "seed {seed}: drawn {drawn:?}");
+        seen.insert(expected);
+    }
+    assert!(seen.len() >= 4, "{seen:?}");
+}
+
+#[tokio::test]
+async fn model_is_read_from_bodies_serde_json_cannot_parse_whole() {
+    let mock = Mock::start();
+    let deep = format!(
+        r#"{{"model":"deep+status-503","x":{}{}}}"#,
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
+    let mut invalid_utf8 = br#"{"content":"caf"#.to_vec();
+    invalid_utf8.extend_from_slice(&[0xe9, 0xff]);
+    invalid_utf8.extend_from_slice(br#"","model":"latin1+status-500","stream":true}"#);
+    for (body, status) in [(deep.into_bytes(), 503), (invalid_utf8, 500)] {
+        let response = client()
+            .post(format!("{}/v1/chat/completions", mock.url()))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status);
+        assert_eq!(mock.requests().last().unwrap().body, body);
+    }
+    assert!(mock.requests()[1].stream);
+}

@@ -292,7 +292,7 @@ mod tests {
     use crate::config::Config;
 
     fn classes() -> Classes {
-        Config::default().classes
+        Config::default().defaults.classes
     }
 
     const PLAIN: RequestFacts = RequestFacts {
@@ -356,7 +356,7 @@ mod tests {
                  "fallback_on_stream_error":false,"no_capacity_patterns":[]}"#,
         )
         .unwrap();
-        let c = &config.classes;
+        let c = &config.defaults.classes;
         assert_eq!(
             classify_headers(c, PLAIN, 429, ""),
             HeaderVerdict::Decided(Class::Final)

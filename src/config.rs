@@ -60,9 +60,13 @@ pub const MAX_BODY_BYTES_LIMIT: usize = 64 * 1024 * 1024;
 /// Upper bound for `inspect_max_bytes`: an answer is held in memory while read.
 pub const MAX_INSPECT_MAX_BYTES: usize = 1024 * 1024;
 
-/// Every top-level field, for the error on an unknown one.
-const FIELDS: [&str; 15] = [
+/// 100 ms: less than that cannot bring back an LLM answer.
+pub const DEFAULT_MIN_ATTEMPT_MS: u64 = 100;
+
+/// Every settings field, for the error on an unknown one.
+const FIELDS: [&str; 21] = [
     "role",
+    "rules",
     "chains",
     "default_chain",
     "context_chains",
@@ -77,15 +81,80 @@ const FIELDS: [&str; 15] = [
     "fallback_on_reset",
     "paths",
     "max_body_bytes",
+    "budget_ms",
+    "attempt_timeout_ms",
+    "first_byte_timeout_ms",
+    "min_attempt_ms",
+    "response_headers",
 ];
 
 /// One validated configuration.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Config {
     /// `role`: "gateway" or "attempt". When absent, the role follows the plugin's
     /// root id (one ending in "attempt" is the attempt role), so both filters can
     /// share one configuration document.
     pub role: Option<Role>,
+    /// The top-level settings: used where no rule matches, and inherited by rules.
+    pub defaults: Settings,
+    /// `rules`: settings for some routes, chosen per request (see [`Config::select`]).
+    pub rules: Vec<Rule>,
+}
+
+/// A rule: which requests it applies to, and its settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// `name`: how a route's metadata picks this rule, and its name in records.
+    pub name: String,
+    /// `match`: the requests this rule applies to; all given conditions must hold
+    /// (`{}` matches every request). Without it, only a route's metadata selects it.
+    pub matcher: Option<RuleMatch>,
+    /// Every other field of the rule; fields it leaves out come from the top level.
+    pub settings: Settings,
+}
+
+/// `match` of a rule.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RuleMatch {
+    /// `route_name`: Envoy's route name (`xds.route_name`), exactly.
+    pub route_name: Option<String>,
+    /// `host`: the request's `:authority` without port, exactly (case-insensitive).
+    pub host: Option<String>,
+    /// `path_prefix`: the request path starts with it.
+    pub path_prefix: Option<String>,
+}
+
+/// What a request needs to know to pick its rule.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RouteFacts<'a> {
+    pub route_name: &'a str,
+    /// The rule a route names in its metadata
+    /// (`filter_metadata: {ai_fallback: {rule: NAME}}`).
+    pub metadata_rule: Option<&'a str>,
+    pub host: &'a str,
+    pub path: &'a str,
+}
+
+/// Time limits for one request, all attempts included.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Budget {
+    /// `budget_ms`: the whole request, every attempt and backoff. For a stream, the
+    /// time until its first byte. Unset: Envoy's route timeout applies.
+    pub total_ms: Option<u64>,
+    /// `attempt_timeout_ms`: one attempt of a non-streamed request, until its answer's
+    /// headers. Unset: no limit per attempt.
+    pub attempt_timeout_ms: Option<u64>,
+    /// `first_byte_timeout_ms`: one attempt of a streamed request, until its first
+    /// byte. Unset: `attempt_timeout_ms`.
+    pub first_byte_timeout_ms: Option<u64>,
+    /// `min_attempt_ms`: an attempt is not started with less time left than this;
+    /// the request ends with a 504 instead. Default 100.
+    pub min_attempt_ms: u64,
+}
+
+/// The settings a rule can set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
     /// `chains`: requested model -> the models tried after it, in order.
     pub chains: BTreeMap<String, Vec<ChainEntry>>,
     /// `default_chain`: the models tried after any requested model that has no chain
@@ -107,6 +176,11 @@ pub struct Config {
     /// `max_body_bytes`: largest request body the gateway buffers; a larger one gets a
     /// 413 JSON error, because Envoy would otherwise drop its retries silently.
     pub max_body_bytes: usize,
+    /// Time limits.
+    pub budget: Budget,
+    /// `response_headers`: tell the client which model answered and after how many
+    /// attempts (`x-ai-fallback-model`, `x-ai-fallback-attempts`). Default true.
+    pub response_headers: bool,
 }
 
 /// The classification settings, read by the attempt role on every answer.
@@ -156,10 +230,9 @@ pub struct ChainEntry {
     pub model: String,
 }
 
-impl Default for Config {
+impl Default for Settings {
     fn default() -> Self {
-        Config {
-            role: None,
+        Settings {
             chains: BTreeMap::new(),
             default_chain: Vec::new(),
             context_chains: BTreeMap::new(),
@@ -168,9 +241,15 @@ impl Default for Config {
             fallback_on_reset: true,
             paths: DEFAULT_PATHS.iter().map(|p| p.to_string()).collect(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            budget: Budget {
+                min_attempt_ms: DEFAULT_MIN_ATTEMPT_MS,
+                ..Budget::default()
+            },
+            response_headers: true,
         }
     }
 }
+
 
 /// A configuration error: the field it is about, and what is wrong with it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -215,44 +294,141 @@ impl Config {
         for (name, value) in fields {
             match name.as_str() {
                 "role" => config.role = Some(parse_role(value)?),
-                "chains" => config.chains = parse_chains(name, value)?,
-                "default_chain" => config.default_chain = parse_chain(name, value)?,
-                "context_chains" => config.context_chains = parse_chains(name, value)?,
-                "default_context_chain" => config.default_context_chain = parse_chain(name, value)?,
-                "fallback_statuses" => {
-                    config.classes.fallback_statuses = parse_statuses(name, value)?
-                }
-                "fallback_on_rate_limit" => config.classes.rate_limits = parse_bool(name, value)?,
-                "no_capacity_statuses" => {
-                    config.classes.no_capacity_statuses = parse_statuses(name, value)?
-                }
-                "no_capacity_patterns" => {
-                    config.classes.no_capacity_patterns = parse_patterns(name, value)?
-                }
-                "fallback_on_error_envelope" => {
-                    config.classes.error_envelopes = parse_bool(name, value)?
-                }
-                "fallback_on_stream_error" => {
-                    config.classes.stream_errors = parse_bool(name, value)?
-                }
-                "inspect_max_bytes" => {
-                    config.classes.inspect_max_bytes =
-                        parse_size(name, value, 1, MAX_INSPECT_MAX_BYTES)?
-                }
-                "fallback_on_reset" => config.fallback_on_reset = parse_bool(name, value)?,
-                "paths" => config.paths = parse_paths(value)?,
-                "max_body_bytes" => {
-                    config.max_body_bytes = parse_size(name, value, 1, MAX_BODY_BYTES_LIMIT)?
-                }
-                other => {
-                    return Err(error(
-                        other,
-                        format!("unknown field; expected one of {}", FIELDS.join(", ")),
-                    ))
-                }
+                "rules" => {} // after the defaults they inherit
+                _ => config.defaults.set(name, value, name)?,
             }
         }
+        if let Some(rules) = fields.get("rules") {
+            config.rules = parse_rules(rules, &config.defaults)?;
+        }
         Ok(config)
+    }
+
+    /// The settings for a request: the rule its route's metadata names, else the
+    /// first rule that matches, else the top-level settings. Returns the rule's
+    /// index (0 for the defaults, i + 1 for `rules[i]`) and its settings.
+    pub fn select(&self, route: &RouteFacts<'_>) -> (usize, &Settings) {
+        let by_metadata = route
+            .metadata_rule
+            .and_then(|name| self.rules.iter().position(|rule| rule.name == name));
+        let by_match = || {
+            self.rules.iter().position(|rule| {
+                rule.matcher
+                    .as_ref()
+                    .is_some_and(|matcher| matcher.matches(route))
+            })
+        };
+        match by_metadata.or_else(by_match) {
+            Some(index) => self
+                .rules
+                .get(index)
+                .map_or((0, &self.defaults), |rule| (index + 1, &rule.settings)),
+            None => (0, &self.defaults),
+        }
+    }
+
+    /// The settings of a rule index returned by [`Config::select`].
+    pub fn settings(&self, rule_index: usize) -> &Settings {
+        rule_index
+            .checked_sub(1)
+            .and_then(|i| self.rules.get(i))
+            .map_or(&self.defaults, |rule| &rule.settings)
+    }
+
+    /// The name of a rule index, for records: "default" for the top level.
+    pub fn rule_name(&self, rule_index: usize) -> &str {
+        rule_index
+            .checked_sub(1)
+            .and_then(|i| self.rules.get(i))
+            .map_or("default", |rule| rule.name.as_str())
+    }
+
+    /// Every settings block, the defaults first, in rule index order.
+    pub fn all_settings(&self) -> impl Iterator<Item = &Settings> {
+        std::iter::once(&self.defaults).chain(self.rules.iter().map(|rule| &rule.settings))
+    }
+
+    /// The role: the `role` field, else the one the plugin's root id names.
+    pub fn role_for_root_id(&self, root_id: &str) -> Role {
+        self.role.unwrap_or(if root_id.ends_with("attempt") {
+            Role::Attempt
+        } else {
+            Role::Gateway
+        })
+    }
+}
+
+impl RuleMatch {
+    fn matches(&self, route: &RouteFacts<'_>) -> bool {
+        let host = route
+            .host
+            .rsplit_once(':')
+            .map_or(route.host, |(host, port)| {
+                if port.bytes().all(|b| b.is_ascii_digit()) {
+                    host
+                } else {
+                    route.host
+                }
+            });
+        self.route_name
+            .as_deref()
+            .is_none_or(|name| name == route.route_name)
+            && self
+                .host
+                .as_deref()
+                .is_none_or(|h| h.eq_ignore_ascii_case(host))
+            && self
+                .path_prefix
+                .as_deref()
+                .is_none_or(|prefix| route.path.starts_with(prefix))
+    }
+}
+
+impl Settings {
+    /// Sets one field from its JSON value; `field` is its full name for errors.
+    fn set(&mut self, name: &str, value: &Value, field: &str) -> Result<(), ConfigError> {
+        match name {
+            "chains" => self.chains = parse_chains(field, value)?,
+            "default_chain" => self.default_chain = parse_chain(field, value)?,
+            "context_chains" => self.context_chains = parse_chains(field, value)?,
+            "default_context_chain" => self.default_context_chain = parse_chain(field, value)?,
+            "fallback_statuses" => self.classes.fallback_statuses = parse_statuses(field, value)?,
+            "fallback_on_rate_limit" => self.classes.rate_limits = parse_bool(field, value)?,
+            "no_capacity_statuses" => {
+                self.classes.no_capacity_statuses = parse_statuses(field, value)?
+            }
+            "no_capacity_patterns" => {
+                self.classes.no_capacity_patterns = parse_patterns(field, value)?
+            }
+            "fallback_on_error_envelope" => {
+                self.classes.error_envelopes = parse_bool(field, value)?
+            }
+            "fallback_on_stream_error" => self.classes.stream_errors = parse_bool(field, value)?,
+            "inspect_max_bytes" => {
+                self.classes.inspect_max_bytes = parse_size(field, value, 1, MAX_INSPECT_MAX_BYTES)?
+            }
+            "fallback_on_reset" => self.fallback_on_reset = parse_bool(field, value)?,
+            "paths" => self.paths = parse_paths(field, value)?,
+            "max_body_bytes" => {
+                self.max_body_bytes = parse_size(field, value, 1, MAX_BODY_BYTES_LIMIT)?
+            }
+            "budget_ms" => self.budget.total_ms = Some(parse_millis(field, value)?),
+            "attempt_timeout_ms" => {
+                self.budget.attempt_timeout_ms = Some(parse_millis(field, value)?)
+            }
+            "first_byte_timeout_ms" => {
+                self.budget.first_byte_timeout_ms = Some(parse_millis(field, value)?)
+            }
+            "min_attempt_ms" => self.budget.min_attempt_ms = parse_millis_or_zero(field, value)?,
+            "response_headers" => self.response_headers = parse_bool(field, value)?,
+            _ => {
+                return Err(error(
+                    field,
+                    format!("unknown field; expected one of {}", FIELDS.join(", ")),
+                ))
+            }
+        }
+        Ok(())
     }
 
     /// The models tried after `requested`, in order; empty when it has no chain.
@@ -270,15 +446,6 @@ impl Config {
             .get(requested)
             .map(Vec::as_slice)
             .unwrap_or(&self.default_context_chain)
-    }
-
-    /// The role: the `role` field, else the one the plugin's root id names.
-    pub fn role_for_root_id(&self, root_id: &str) -> Role {
-        self.role.unwrap_or(if root_id.ends_with("attempt") {
-            Role::Attempt
-        } else {
-            Role::Gateway
-        })
     }
 
     /// Whether a request with this method and path is one the gateway looks at.
@@ -411,6 +578,103 @@ fn check_model_name(field: &str, model: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Longest time limit accepted: a day.
+const MAX_MILLIS: u64 = 24 * 60 * 60 * 1000;
+
+fn parse_millis(field: &str, value: &Value) -> Result<u64, ConfigError> {
+    value
+        .as_u64()
+        .filter(|ms| (1..=MAX_MILLIS).contains(ms))
+        .ok_or_else(|| {
+            error(
+                field,
+                format!("must be milliseconds from 1 to {MAX_MILLIS}"),
+            )
+        })
+}
+
+fn parse_millis_or_zero(field: &str, value: &Value) -> Result<u64, ConfigError> {
+    value
+        .as_u64()
+        .filter(|ms| *ms <= MAX_MILLIS)
+        .ok_or_else(|| {
+            error(
+                field,
+                format!("must be milliseconds from 0 to {MAX_MILLIS}"),
+            )
+        })
+}
+
+fn parse_rules(value: &Value, defaults: &Settings) -> Result<Vec<Rule>, ConfigError> {
+    let Value::Array(items) = value else {
+        return Err(error("rules", "must be an array of rules"));
+    };
+    let mut rules: Vec<Rule> = Vec::with_capacity(items.len());
+    for (index, item) in items.iter().enumerate() {
+        let prefix = format!("rules[{index}]");
+        let Value::Object(fields) = item else {
+            return Err(error(prefix, "must be an object"));
+        };
+        let mut rule = Rule {
+            name: String::new(),
+            matcher: None,
+            settings: defaults.clone(),
+        };
+        for (name, value) in fields {
+            let field = format!("{prefix}.{name}");
+            match name.as_str() {
+                "name" => match value.as_str() {
+                    Some(rule_name) if !rule_name.is_empty() && rule_name.len() <= 128 => {
+                        rule.name = rule_name.to_string()
+                    }
+                    _ => return Err(error(field, "must be a non-empty string")),
+                },
+                "match" => rule.matcher = Some(parse_match(&field, value)?),
+                _ => rule.settings.set(name, value, &field)?,
+            }
+        }
+        if rule.name.is_empty() {
+            return Err(error(format!("{prefix}.name"), "is required"));
+        }
+        if rules.iter().any(|other| other.name == rule.name) {
+            return Err(error(
+                format!("{prefix}.name"),
+                format!("rule {:?} is defined twice", rule.name),
+            ));
+        }
+        rules.push(rule);
+    }
+    Ok(rules)
+}
+
+fn parse_match(field: &str, value: &Value) -> Result<RuleMatch, ConfigError> {
+    let Value::Object(fields) = value else {
+        return Err(error(field, "must be an object"));
+    };
+    let mut matcher = RuleMatch::default();
+    for (name, value) in fields {
+        let text = || {
+            value
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .ok_or_else(|| error(format!("{field}.{name}"), "must be a non-empty string"))
+        };
+        match name.as_str() {
+            "route_name" => matcher.route_name = Some(text()?),
+            "host" => matcher.host = Some(text()?),
+            "path_prefix" => matcher.path_prefix = Some(text()?),
+            _ => {
+                return Err(error(
+                    format!("{field}.{name}"),
+                    "unknown field; expected one of route_name, host, path_prefix",
+                ))
+            }
+        }
+    }
+    Ok(matcher)
+}
+
 fn parse_patterns(field: &str, value: &Value) -> Result<Vec<String>, ConfigError> {
     let Value::Array(items) = value else {
         return Err(error(field, "must be an array of phrases"));
@@ -453,9 +717,9 @@ fn parse_statuses(field: &str, value: &Value) -> Result<Vec<u16>, ConfigError> {
     Ok(statuses)
 }
 
-fn parse_paths(value: &Value) -> Result<Vec<String>, ConfigError> {
+fn parse_paths(field: &str, value: &Value) -> Result<Vec<String>, ConfigError> {
     let Value::Array(items) = value else {
-        return Err(error("paths", "must be an array of request paths"));
+        return Err(error(field, "must be an array of request paths"));
     };
     items
         .iter()
@@ -463,7 +727,7 @@ fn parse_paths(value: &Value) -> Result<Vec<String>, ConfigError> {
         .map(|(index, item)| match item.as_str() {
             Some(path) if path.starts_with('/') && !path.contains('?') => Ok(path.to_string()),
             _ => Err(error(
-                format!("paths[{index}]"),
+                format!("{field}[{index}]"),
                 "must be a path starting with '/', without a query; end it with '*' to match a prefix",
             )),
         })
@@ -486,6 +750,10 @@ mod tests {
     fn empty_input_gives_defaults() {
         assert_eq!(parse("").unwrap(), Config::default());
         assert_eq!(parse("{}").unwrap(), Config::default());
+        assert_eq!(
+            Config::default().defaults.budget.min_attempt_ms,
+            DEFAULT_MIN_ATTEMPT_MS
+        );
     }
 
     #[test]
@@ -496,12 +764,13 @@ mod tests {
                "paths":["/v1/chat/completions","/api/*"],"max_body_bytes":1024}"#,
         )
         .unwrap();
-        let models: Vec<_> = config.chain_for("a").iter().map(|e| &e.model).collect();
+        let settings = &config.defaults;
+        let models: Vec<_> = settings.chain_for("a").iter().map(|e| &e.model).collect();
         assert_eq!(models, ["b", "c"]);
-        assert_eq!(config.chain_for("other")[0].model, "z");
-        assert_eq!(config.classes.fallback_statuses, [500, 429]);
-        assert!(!config.fallback_on_reset);
-        assert_eq!(config.max_body_bytes, 1024);
+        assert_eq!(settings.chain_for("other")[0].model, "z");
+        assert_eq!(settings.classes.fallback_statuses, [500, 429]);
+        assert!(!settings.fallback_on_reset);
+        assert_eq!(settings.max_body_bytes, 1024);
     }
 
     #[test]
@@ -534,6 +803,35 @@ mod tests {
             ),
             (r#"{"inspect_max_bytes":0}"#, "inspect_max_bytes"),
             (r#"{"inspect_max_bytes":2000000}"#, "inspect_max_bytes"),
+            (r#"{"budget_ms":0}"#, "budget_ms"),
+            (r#"{"attempt_timeout_ms":"5s"}"#, "attempt_timeout_ms"),
+            (r#"{"first_byte_timeout_ms":-1}"#, "first_byte_timeout_ms"),
+            (r#"{"min_attempt_ms":100000000}"#, "min_attempt_ms"),
+            (r#"{"response_headers":"on"}"#, "response_headers"),
+            (r#"{"rules":{}}"#, "rules"),
+            (r#"{"rules":[1]}"#, "rules[0]"),
+            (r#"{"rules":[{"match":{}}]}"#, "rules[0].name"),
+            (r#"{"rules":[{"name":"a"},{"name":"a"}]}"#, "rules[1].name"),
+            (
+                r#"{"rules":[{"name":"a","match":{"route":"x"}}]}"#,
+                "rules[0].match.route",
+            ),
+            (
+                r#"{"rules":[{"name":"a","match":{"host":""}}]}"#,
+                "rules[0].match.host",
+            ),
+            (
+                r#"{"rules":[{"name":"a","budget_ms":"x"}]}"#,
+                "rules[0].budget_ms",
+            ),
+            (
+                r#"{"rules":[{"name":"a","chains":{"m":[]}}]}"#,
+                r#"rules[0].chains["m"]"#,
+            ),
+            (
+                r#"{"rules":[{"name":"a","role":"attempt"}]}"#,
+                "rules[0].role",
+            ),
             (r#"{"chains":[]}"#, "chains"),
             (r#"{"chains":{"a":"b"}}"#, r#"chains["a"]"#),
             (r#"{"chains":{"a":[]}}"#, r#"chains["a"]"#),
@@ -589,9 +887,50 @@ mod tests {
                "default_context_chain":["huge"]}"#,
         )
         .unwrap();
-        assert_eq!(config.classes.no_capacity_patterns, ["no capacity"]);
-        assert_eq!(config.context_chain_for("a")[0].model, "big");
-        assert_eq!(config.context_chain_for("z")[0].model, "huge");
+        let settings = &config.defaults;
+        assert_eq!(settings.classes.no_capacity_patterns, ["no capacity"]);
+        assert_eq!(settings.context_chain_for("a")[0].model, "big");
+        assert_eq!(settings.context_chain_for("z")[0].model, "huge");
+    }
+
+    #[test]
+    fn rules_inherit_and_are_selected() {
+        let config = parse(
+            r#"{"chains":{"a":["b"]},"budget_ms":9000,
+                "rules":[
+                  {"name":"fast","match":{"route_name":"r1"},"budget_ms":2000},
+                  {"name":"api","match":{"host":"api.example.com","path_prefix":"/v1/"},
+                   "chains":{"a":["c"]}},
+                  {"name":"meta","attempt_timeout_ms":50}
+                ]}"#,
+        )
+        .unwrap();
+        let facts = |route_name, metadata_rule, host, path| RouteFacts {
+            route_name,
+            metadata_rule,
+            host,
+            path,
+        };
+        let (index, fast) = config.select(&facts("r1", None, "x", "/v1/chat"));
+        assert_eq!((index, config.rule_name(index)), (1, "fast"));
+        assert_eq!(fast.budget.total_ms, Some(2000));
+        assert_eq!(fast.chain_for("a")[0].model, "b", "inherited");
+        let (index, api) = config.select(&facts("r2", None, "API.example.com:443", "/v1/x"));
+        assert_eq!(index, 2);
+        assert_eq!(api.chain_for("a")[0].model, "c");
+        assert_eq!(api.budget.total_ms, Some(9000));
+        assert_eq!(
+            config
+                .select(&facts("r2", None, "api.example.com", "/v2/x"))
+                .0,
+            0
+        );
+        assert_eq!(config.select(&facts("r1", Some("meta"), "x", "/")).0, 3);
+        assert_eq!(config.select(&facts("r9", Some("unknown"), "x", "/")).0, 0);
+        assert_eq!(config.settings(3).budget.attempt_timeout_ms, Some(50));
+        assert_eq!(config.settings(99), &config.defaults);
+        assert_eq!(config.rule_name(0), "default");
+        assert_eq!(config.all_settings().count(), 4);
     }
 
     #[test]
@@ -612,7 +951,9 @@ mod tests {
 
     #[test]
     fn acts_on_post_to_listed_paths_only() {
-        let config = parse(r#"{"paths":["/v1/chat/completions","/openai/*"]}"#).unwrap();
+        let config = parse(r#"{"paths":["/v1/chat/completions","/openai/*"]}"#)
+            .unwrap()
+            .defaults;
         assert!(config.acts_on("POST", "/v1/chat/completions"));
         assert!(config.acts_on("POST", "/v1/chat/completions?x=1"));
         assert!(config.acts_on("POST", "/openai/deployments/x"));

@@ -7,6 +7,7 @@
 pub mod body;
 pub mod classify;
 pub mod config;
+pub mod outcome;
 pub mod plan;
 pub mod reply;
 

@@ -9,7 +9,8 @@
 
 use crate::body::{self, ScanError};
 use crate::classify::{Class, RequestFacts};
-use crate::config::Config;
+use crate::config::{ChainEntry, Settings};
+use serde::{Deserialize, Serialize};
 use std::ops::Range;
 
 /// The filter state name of the plan: a single path segment, visible to Envoy as
@@ -30,9 +31,13 @@ pub const ATTEMPT_COUNT_HEADER: &str = "x-envoy-attempt-count";
 /// client could see it.
 pub const RETRY_HEADER: &str = "x-ai-fallback-retry";
 
-/// Router control headers. The router removes the ones it reads; the attempt role
-/// removes all of them again, and the attempt count, so no provider sees them.
-pub const ROUTER_CONTROL_HEADERS: [&str; 7] = [
+/// The request header by which a client shortens the request's time budget, in
+/// milliseconds. It can shorten the configured budget, never lengthen it.
+pub const DEADLINE_HEADER: &str = "x-ai-fallback-timeout-ms";
+
+/// Headers for Envoy and the filter alone. The router removes the ones it reads; the
+/// attempt role removes all of them again, so no provider sees them.
+pub const ROUTER_CONTROL_HEADERS: [&str; 8] = [
     "x-envoy-retry-on",
     "x-envoy-max-retries",
     "x-envoy-retriable-status-codes",
@@ -40,9 +45,10 @@ pub const ROUTER_CONTROL_HEADERS: [&str; 7] = [
     "x-envoy-upstream-rq-timeout-ms",
     "x-envoy-upstream-rq-per-try-timeout-ms",
     ATTEMPT_COUNT_HEADER,
+    DEADLINE_HEADER,
 ];
 
-const PLAN_VERSION: &str = "v2";
+const PLAN_VERSION: &str = "v3";
 
 /// One request's fallback plan.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,6 +64,12 @@ pub struct Plan {
     pub chain: Vec<String>,
     /// JSON literals of the larger-context models, tried after a context-length answer.
     pub context_chain: Vec<String>,
+    /// Index of the rule whose settings apply (0: the top-level settings).
+    pub rule: usize,
+    /// When the request started, in milliseconds since the Unix epoch.
+    pub started_ms: u64,
+    /// The time budget after the client's deadline header, if any.
+    pub budget_ms: Option<u64>,
 }
 
 /// Which model an attempt sends: a position in the chain or in the context chain.
@@ -78,12 +90,15 @@ impl Plan {
     /// Plain text, one item per line; a JSON string literal never holds a raw newline.
     pub fn encode(&self) -> String {
         let mut text = format!(
-            "{PLAN_VERSION} {} {} {} {} {}",
+            "{PLAN_VERSION} {} {} {} {} {} {} {} {}",
             self.body_len,
             self.model_span.start,
             self.model_span.end,
             self.stream as u8,
-            self.chain.len()
+            self.chain.len(),
+            self.rule,
+            self.started_ms,
+            self.budget_ms.unwrap_or(0),
         );
         for literal in self.chain.iter().chain(&self.context_chain) {
             text.push('\n');
@@ -99,9 +114,25 @@ impl Plan {
         if head.next()? != PLAN_VERSION {
             return None;
         }
-        let mut number = || head.next()?.parse::<usize>().ok();
-        let (body_len, start, end, stream, chain_len) =
-            (number()?, number()?, number()?, number()?, number()?);
+        let mut number = || head.next()?.parse::<u64>().ok();
+        let (body_len, start, end, stream, chain_len, rule, started_ms, budget_ms) = (
+            number()?,
+            number()?,
+            number()?,
+            number()?,
+            number()?,
+            number()?,
+            number()?,
+            number()?,
+        );
+        let size = |n: u64| usize::try_from(n).ok();
+        let (body_len, start, end, chain_len, rule) = (
+            size(body_len)?,
+            size(start)?,
+            size(end)?,
+            size(chain_len)?,
+            size(rule)?,
+        );
         if start >= end || end > body_len || chain_len == 0 {
             return None;
         }
@@ -116,7 +147,16 @@ impl Plan {
             stream: stream == 1,
             chain,
             context_chain,
+            rule,
+            started_ms,
+            budget_ms: (budget_ms != 0).then_some(budget_ms),
         })
+    }
+
+    /// Milliseconds left of the budget at `now_ms`; `None` without a budget.
+    pub fn remaining_ms(&self, now_ms: u64) -> Option<u64> {
+        let elapsed = now_ms.saturating_sub(self.started_ms);
+        self.budget_ms.map(|budget| budget.saturating_sub(elapsed))
     }
 
     /// The most retries this plan can use.
@@ -189,44 +229,57 @@ impl Plan {
 }
 
 /// What one attempt did, as far as the next attempt and the access record care.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Kept as JSON in filter state; times are milliseconds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttemptRecord {
-    pub step: Step,
-    /// How its answer was classified; `None` until an answer came.
-    pub class: Option<Class>,
+    /// The model this attempt sent.
+    pub model: String,
+    /// Its step: in the context chain or not, and the index there.
+    pub context_chain: bool,
+    pub index: usize,
+    /// When it started, since the Unix epoch.
+    pub start_ms: u64,
+    /// From its start to its answer's headers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_byte_ms: Option<u64>,
+    /// From its start to its answer's end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
+    /// The answer's class name (see `classify::Class::name`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
+    /// The provider's `Retry-After`, as it came (bounded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// A short, bounded excerpt of the provider's error message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_excerpt: Option<String>,
 }
 
 impl AttemptRecord {
+    pub fn step(&self) -> Step {
+        Step {
+            in_context_chain: self.context_chain,
+            index: self.index,
+        }
+    }
+
+    pub fn class(&self) -> Option<Class> {
+        self.class.as_deref().and_then(Class::from_name)
+    }
+
     pub fn encode(&self) -> String {
-        format!(
-            "{} {} {} {}",
-            if self.step.in_context_chain { "c" } else { "m" },
-            self.step.index,
-            self.class.map_or("-", Class::name),
-            self.status.map_or(0, u16::from),
-        )
+        serde_json::to_string(self).unwrap_or_default()
     }
 
     pub fn decode(bytes: &[u8]) -> Option<AttemptRecord> {
-        let text = std::str::from_utf8(bytes).ok()?;
-        let mut fields = text.split(' ');
-        let in_context_chain = match fields.next()? {
-            "c" => true,
-            "m" => false,
-            _ => return None,
-        };
-        let index = fields.next()?.parse().ok()?;
-        let class = Class::from_name(fields.next()?);
-        let status = fields.next()?.parse().ok().filter(|s| *s != 0);
-        Some(AttemptRecord {
-            step: Step {
-                in_context_chain,
-                index,
-            },
-            class,
-            status,
-        })
+        serde_json::from_slice(bytes).ok()
     }
 }
 
@@ -239,8 +292,18 @@ pub enum BodyDecision {
     Fallback(Plan),
 }
 
+/// Where a request stands before its body is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestStart {
+    /// The rule selected for it.
+    pub rule: usize,
+    pub started_ms: u64,
+    /// The client's deadline header, in milliseconds, if it sent a valid one.
+    pub client_deadline_ms: Option<u64>,
+}
+
 /// Decides what to do with a request body the gateway has buffered completely.
-pub fn decide(config: &Config, body_bytes: &[u8]) -> BodyDecision {
+pub fn decide(settings: &Settings, start: RequestStart, body_bytes: &[u8]) -> BodyDecision {
     let top = match body::scan(body_bytes) {
         Ok(top) => top,
         Err(ScanError::NotAnObject) => {
@@ -257,8 +320,8 @@ pub fn decide(config: &Config, body_bytes: &[u8]) -> BodyDecision {
     let Some(requested) = body::model_name(body_bytes, span.clone()) else {
         return BodyDecision::Passthrough("model is not a string");
     };
-    let fallbacks = config.chain_for(&requested);
-    let context_chain = config.context_chain_for(&requested);
+    let fallbacks = settings.chain_for(&requested);
+    let context_chain = settings.context_chain_for(&requested);
     if fallbacks.is_empty() && context_chain.is_empty() {
         return BodyDecision::Passthrough("model has no fallback chain");
     }
@@ -266,7 +329,7 @@ pub fn decide(config: &Config, body_bytes: &[u8]) -> BodyDecision {
         .get(span.clone())
         .map(|raw| String::from_utf8_lossy(raw).into_owned())
         .unwrap_or_else(|| body::model_literal(&requested));
-    let literals = |entries: &[crate::config::ChainEntry]| -> Vec<String> {
+    let literals = |entries: &[ChainEntry]| -> Vec<String> {
         entries
             .iter()
             .filter(|entry| entry.model != requested)
@@ -275,56 +338,101 @@ pub fn decide(config: &Config, body_bytes: &[u8]) -> BodyDecision {
     };
     let mut chain = vec![requested_literal];
     chain.extend(literals(fallbacks));
+    let budget_ms = match (settings.budget.total_ms, start.client_deadline_ms) {
+        (Some(budget), Some(deadline)) => Some(budget.min(deadline)),
+        (budget, deadline) => budget.or(deadline),
+    };
     BodyDecision::Fallback(Plan {
         body_len: body_bytes.len(),
         model_span: span,
         stream: top.stream,
         chain,
         context_chain: literals(context_chain),
+        rule: start.rule,
+        started_ms: start.started_ms,
+        budget_ms,
     })
 }
 
-/// The router control header values for a config, computed once at configure time.
+/// The router control header values for one settings block, computed once at
+/// configure time.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RouterControl {
     /// `x-envoy-retry-on`
     pub retry_on: String,
+    /// Per-attempt limits: (non-streamed, streamed).
+    attempt_timeout_ms: Option<u64>,
+    first_byte_timeout_ms: Option<u64>,
 }
 
 impl RouterControl {
-    pub fn new(config: &Config) -> RouterControl {
+    pub fn new(settings: &Settings) -> RouterControl {
         // The attempt role decides every retry on an answer (by status or body), so
         // the router retries on its header alone; resets and timeouts it sees itself.
         let mut retry_on = String::from("retriable-headers");
-        if config.fallback_on_reset {
+        if settings.fallback_on_reset {
             retry_on.push_str(",reset,connect-failure,refused-stream");
         }
-        RouterControl { retry_on }
+        RouterControl {
+            retry_on,
+            attempt_timeout_ms: settings.budget.attempt_timeout_ms,
+            first_byte_timeout_ms: settings
+                .budget
+                .first_byte_timeout_ms
+                .or(settings.budget.attempt_timeout_ms),
+        }
     }
 
-    /// The headers that make the router try each fallback of `plan` in turn.
-    pub fn headers(&self, plan: &Plan) -> [(&'static str, String); 3] {
-        [
+    /// The headers that make the router try the plan's models within its budget.
+    pub fn headers(&self, plan: &Plan) -> Vec<(&'static str, String)> {
+        let mut headers = vec![
             ("x-envoy-retry-on", self.retry_on.clone()),
             ("x-envoy-max-retries", plan.max_retries().to_string()),
             ("x-envoy-retriable-header-names", RETRY_HEADER.to_string()),
-        ]
+        ];
+        // Envoy's route timeout covers the whole response, a stream's too: a stream
+        // keeps the route's, and its budget is checked as each attempt starts.
+        if let (Some(budget), false) = (plan.budget_ms, plan.stream) {
+            headers.push(("x-envoy-upstream-rq-timeout-ms", budget.to_string()));
+        }
+        let per_attempt = if plan.stream {
+            self.first_byte_timeout_ms
+        } else {
+            self.attempt_timeout_ms
+        };
+        let per_attempt = match (per_attempt, plan.budget_ms) {
+            (Some(limit), Some(budget)) => Some(limit.min(budget)),
+            (limit, _) => limit,
+        };
+        if let Some(limit) = per_attempt {
+            headers.push(("x-envoy-upstream-rq-per-try-timeout-ms", limit.to_string()));
+        }
+        headers
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
 
-    fn config() -> Config {
+    fn settings() -> Settings {
         Config::parse(
-            br#"{"chains":{"a":["b","c"],"x":["x","y"]},"context_chains":{"a":["big"],"k":["k2"]}}"#,
+            br#"{"chains":{"a":["b","c"],"x":["x","y"]},"context_chains":{"a":["big"],"k":["k2"]},
+                 "budget_ms":5000,"attempt_timeout_ms":1500,"first_byte_timeout_ms":800}"#,
         )
         .unwrap()
+        .defaults
     }
 
+    const START: RequestStart = RequestStart {
+        rule: 2,
+        started_ms: 1_000_000,
+        client_deadline_ms: None,
+    };
+
     fn plan_of(body: &str) -> Plan {
-        match decide(&config(), body.as_bytes()) {
+        match decide(&settings(), START, body.as_bytes()) {
             BodyDecision::Fallback(plan) => plan,
             other => panic!("expected a plan, got {other:?}"),
         }
@@ -405,7 +513,7 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    decide(&config(), body.as_bytes()),
+                    decide(&settings(), START, body.as_bytes()),
                     BodyDecision::Passthrough(_)
                 ),
                 "{body}"
@@ -417,12 +525,13 @@ mod tests {
     fn corrupt_plans_are_refused() {
         for text in [
             "",
-            "v1 5 0 1 0",
-            "v2 5 3 2 0 1\n\"a\"",
-            "v2 5 0 9 0 1\n\"a\"",
-            "v2 x 0 1 0 1\n\"a\"",
-            "v2 5 0 1 0 2\n\"a\"",
-            "v2 5 0 1 0 0",
+            "v2 5 0 1 0 1\n\"a\"",
+            "v3 5 3 2 0 1 0 0 0\n\"a\"",
+            "v3 5 0 9 0 1 0 0 0\n\"a\"",
+            "v3 x 0 1 0 1 0 0 0\n\"a\"",
+            "v3 5 0 1 0 2 0 0 0\n\"a\"",
+            "v3 5 0 1 0 0 0 0 0",
+            "v3 5 0 1 0 1 0 0\n\"a\"",
         ] {
             assert_eq!(Plan::decode(text.as_bytes()), None, "{text}");
         }
@@ -430,35 +539,71 @@ mod tests {
 
     #[test]
     fn attempt_records_round_trip() {
-        for record in [
-            AttemptRecord {
-                step: CONTEXT_0,
-                class: Some(Class::RateLimited),
-                status: Some(429),
-            },
-            AttemptRecord {
-                step: Step::FIRST,
-                class: None,
-                status: None,
-            },
-        ] {
-            assert_eq!(
-                AttemptRecord::decode(record.encode().as_bytes()),
-                Some(record)
-            );
-        }
+        let record = AttemptRecord {
+            model: "b".into(),
+            context_chain: true,
+            index: 0,
+            start_ms: 5,
+            status: Some(429),
+            class: Some(Class::RateLimited.name().into()),
+            retry_after: Some("30".into()),
+            ..AttemptRecord::default()
+        };
+        let decoded = AttemptRecord::decode(record.encode().as_bytes()).unwrap();
+        assert_eq!(decoded, record);
+        assert_eq!(decoded.step(), CONTEXT_0);
+        assert_eq!(decoded.class(), Some(Class::RateLimited));
         assert_eq!(AttemptRecord::decode(b"x 1 - 0"), None);
     }
 
     #[test]
+    fn budgets_and_the_client_deadline() {
+        let plan = plan_of(r#"{"model":"a"}"#);
+        assert_eq!((plan.rule, plan.budget_ms), (2, Some(5000)));
+        assert_eq!(plan.remaining_ms(START.started_ms + 4000), Some(1000));
+        assert_eq!(plan.remaining_ms(START.started_ms + 9000), Some(0));
+        let shorter = RequestStart {
+            client_deadline_ms: Some(700),
+            ..START
+        };
+        let longer = RequestStart {
+            client_deadline_ms: Some(60_000),
+            ..START
+        };
+        let budget_with = |start| match decide(&settings(), start, br#"{"model":"a"}"#) {
+            BodyDecision::Fallback(plan) => plan.budget_ms,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(budget_with(shorter), Some(700));
+        assert_eq!(
+            budget_with(longer),
+            Some(5000),
+            "a client cannot lengthen it"
+        );
+    }
+
+    #[test]
     fn router_headers() {
-        let control = RouterControl::new(&config());
+        let control = RouterControl::new(&settings());
         let headers = control.headers(&plan_of(r#"{"model":"a"}"#));
         assert_eq!(
-            headers[0].1,
-            "retriable-headers,reset,connect-failure,refused-stream"
+            headers,
+            [
+                (
+                    "x-envoy-retry-on",
+                    "retriable-headers,reset,connect-failure,refused-stream".to_string()
+                ),
+                ("x-envoy-max-retries", "3".to_string()),
+                ("x-envoy-retriable-header-names", RETRY_HEADER.to_string()),
+                ("x-envoy-upstream-rq-timeout-ms", "5000".to_string()),
+                ("x-envoy-upstream-rq-per-try-timeout-ms", "1500".to_string()),
+            ]
         );
-        assert_eq!(headers[1].1, "3");
-        assert_eq!(headers[2].1, RETRY_HEADER);
+        let stream = control.headers(&plan_of(r#"{"model":"a","stream":true}"#));
+        assert_eq!(
+            stream[3..],
+            [("x-envoy-upstream-rq-per-try-timeout-ms", "800".to_string())],
+            "a stream keeps the route timeout; its first byte has its own limit"
+        );
     }
 }

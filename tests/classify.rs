@@ -149,15 +149,21 @@ async fn the_context_chain_is_used_only_for_context_length() {
 }
 
 #[tokio::test]
-async fn the_last_models_failure_reaches_the_client_as_it_came() {
+async fn the_last_models_failure_is_not_retried_and_is_reported() {
     let (envoy, mock) = start_with_plugin(json!({
         "chains": {"a+status-404+body-noinstances": ["b+body-errorenvelope"]}
     }));
     let response = chat(&envoy, &request("a+status-404+body-noinstances", false)).await;
-    assert_eq!(response.status(), 200);
+    // The last failure was a 200 in disguise: the client gets an error status.
+    assert_eq!(response.status(), 502);
     assert_eq!(response.headers().get("x-ai-fallback-retry"), None);
     let body: Value = response.json().await.unwrap();
-    assert_eq!(body["error"]["message"], "upstream provider error");
+    assert_eq!(body["error"]["code"], "fallbacks_exhausted");
+    let attempts = body["error"]["attempts"].as_array().unwrap();
+    assert_eq!(attempts[0]["class"], "no_capacity");
+    assert_eq!(attempts[1]["class"], "error_envelope");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("(\"No instances available\")"), "{message}");
     assert_eq!(
         models_seen(&mock),
         ["a+status-404+body-noinstances", "b+body-errorenvelope"]

@@ -106,12 +106,23 @@ async fn client_errors_pass_through_after_one_attempt() {
 }
 
 #[tokio::test]
-async fn every_model_failing_returns_the_last_answer() {
+async fn every_model_failing_gives_the_last_status_and_every_attempt() {
     let (envoy, mock) = start_with_plugin(json!({"chains": {"x+status-500": ["y+status-503"]}}));
     let response = post(&envoy, CHAT, chat_body("x+status-500")).await;
     assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["content-type"], "application/json");
     let body = json_of(response).await;
-    assert_eq!(body["error"]["code"], "mock_503");
+    assert_eq!(body["error"]["code"], "fallbacks_exhausted");
+    assert_eq!(body["error"]["type"], "upstream_error");
+    let attempts = body["error"]["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2);
+    assert_eq!(attempts[0]["model"], "x+status-500");
+    assert_eq!(attempts[0]["status"], 500);
+    assert_eq!(attempts[1]["model"], "y+status-503");
+    assert_eq!(attempts[1]["status"], 503);
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.starts_with("All 2 attempt(s) failed. x+status-500: 500 after "), "{message}");
+    assert!(message.contains("mock failure 503 for model y+status-503"), "{message}");
     assert_eq!(models_seen(&mock), ["x+status-500", "y+status-503"]);
 }
 

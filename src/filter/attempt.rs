@@ -2,12 +2,13 @@
 //! the buffered request. It writes that attempt's model into the body, reads the
 //! answer, and asks the router for the next attempt when another model may succeed.
 
-use super::{host, Prepared};
+use super::{host, Prepared, BUDGET_REFUSED_PROPERTY};
 use crate::body::rewritten_prefix;
 use crate::classify::{
     classify_body, classify_headers, marks_stream_end, truncation_event, BodyKind, BodyVerdict,
     Class, HeaderVerdict,
 };
+use crate::outcome::provider_message;
 use crate::plan::{
     attempt_property, AttemptRecord, Plan, Step, ATTEMPT_COUNT_HEADER, PLAN_PROPERTY, RETRY_HEADER,
     ROUTER_CONTROL_HEADERS,
@@ -37,8 +38,12 @@ pub struct Attempt {
 struct Planned {
     plan: Plan,
     attempt: u32,
-    step: Step,
+    /// What this attempt did so far; written to filter state as it changes.
+    record: AttemptRecord,
 }
+
+/// The longest `Retry-After` value kept: a date is 29 bytes.
+const RETRY_AFTER_MAX: usize = 64;
 
 struct Rewrite {
     model_span: Range<usize>,
@@ -73,7 +78,7 @@ impl Attempt {
         let previous = host::property(&attempt_property(attempt - 1))
             .and_then(|bytes| AttemptRecord::decode(&bytes));
         match previous {
-            Some(record) => plan.next_step(record.step, record.class),
+            Some(record) => plan.next_step(record.step(), record.class()),
             // Without a record (it could not be written) go on down the chain.
             None => Step {
                 in_context_chain: false,
@@ -84,14 +89,12 @@ impl Attempt {
         }
     }
 
-    fn write_record(&self, planned: &Planned, class: Option<Class>, status: Option<u16>) {
-        let record = AttemptRecord {
-            step: planned.step,
-            class,
-            status,
+    fn write_record(&self) {
+        let Some(planned) = &self.planned else {
+            return;
         };
         let name = attempt_property(planned.attempt);
-        if let Err(status) = host::set_property(&name, record.encode().as_bytes()) {
+        if let Err(status) = host::set_property(&name, planned.record.encode().as_bytes()) {
             warn!(
                 "#{} cannot record attempt {} ({status:?})",
                 self.id, planned.attempt
@@ -101,16 +104,18 @@ impl Attempt {
 
     /// Records the answer and, when another model may succeed, marks it for the
     /// router to retry. The last model's answer goes to the client as it came.
-    fn conclude(&mut self, class: Class, status: u16) {
-        let Some(planned) = &self.planned else {
+    fn conclude(&mut self, class: Class, excerpt: Option<String>) {
+        let Some(planned) = &mut self.planned else {
             return;
         };
-        self.write_record(planned, Some(class), Some(status));
-        if planned.plan.has_next(planned.step, class) {
+        planned.record.class = Some(class.name().to_string());
+        planned.record.error_excerpt = excerpt;
+        if planned.plan.has_next(planned.record.step(), class) {
             debug!(
-                "#{} attempt {} answered {status} ({}): next model",
+                "#{} attempt {} answered {:?} ({}): next model",
                 self.id,
                 planned.attempt,
+                planned.record.status,
                 class.name()
             );
             if let Err(status) = host::set_response_header(RETRY_HEADER, Some(class.name())) {
@@ -119,7 +124,12 @@ impl Attempt {
         }
         let watch_stream = class == Class::Success
             && planned.plan.stream
-            && self.prepared.config.classes.stream_errors;
+            && self
+                .prepared
+                .config
+                .settings(planned.plan.rule)
+                .classes
+                .stream_errors;
         self.response = if watch_stream {
             Response::Streaming {
                 tail: Vec::new(),
@@ -128,6 +138,24 @@ impl Attempt {
         } else {
             Response::Idle
         };
+        self.write_record();
+    }
+
+    /// Ends the request at once: too little of the budget is left for an attempt.
+    fn refuse_for_budget(&mut self, remaining_ms: u64) -> Action {
+        debug!("#{} {remaining_ms} ms left: no further attempt", self.id);
+        let _ = host::set_property(BUDGET_REFUSED_PROPERTY, b"1");
+        // The gateway replaces this with the full error; it is a fallback only.
+        let body = crate::reply::openai_error(
+            "the request's time budget ran out",
+            "timeout",
+            "budget_exceeded",
+        );
+        if let Err(status) = host::send_json(504, &body) {
+            warn!("#{} cannot end the request ({status:?})", self.id);
+            return Action::Continue;
+        }
+        Action::Pause
     }
 
     fn watch_stream(&mut self, chunk_size: usize, end_of_stream: bool) {
@@ -180,34 +208,61 @@ impl HttpContext for Attempt {
         else {
             return Action::Continue;
         };
+        let now = host::now_ms();
+        let min_attempt_ms = self
+            .prepared
+            .config
+            .settings(plan.rule)
+            .budget
+            .min_attempt_ms;
+        if let Some(remaining) = plan.remaining_ms(now).filter(|ms| *ms < min_attempt_ms) {
+            return self.refuse_for_budget(remaining);
+        }
         let step = Attempt::step_for(&plan, attempt);
-        let planned = Planned {
-            plan,
-            attempt,
-            step,
+        let literal = plan.literal(step).map(str::to_string);
+        let sent_literal = literal
+            .as_deref()
+            .or_else(|| plan.chain.first().map(String::as_str));
+        let record = AttemptRecord {
+            model: sent_literal
+                .and_then(|l| serde_json::from_str::<String>(l).ok())
+                .unwrap_or_default(),
+            context_chain: step.in_context_chain,
+            index: step.index,
+            start_ms: now,
+            ..AttemptRecord::default()
         };
-        self.write_record(&planned, None, None);
-        if let (Some(literal), false) = (planned.plan.literal(step), end_of_stream) {
-            // Computed from the original length, not the header, which an earlier
-            // attempt may already have changed.
-            let length = planned.plan.rewritten_len(literal).to_string();
-            match host::set_request_header("content-length", Some(&length)) {
-                Ok(()) => {
-                    debug!("#{} attempt {attempt} sends model {literal}", self.id);
-                    self.pending_rewrite = Some(Rewrite {
-                        model_span: planned.plan.model_span.clone(),
-                        literal: literal.to_string(),
-                    });
-                }
-                Err(status) => {
-                    warn!(
-                        "#{} cannot set content-length ({status:?}); not rewriting",
-                        self.id
-                    )
+        let rewrite = match (literal, end_of_stream) {
+            (Some(literal), false) => {
+                // Computed from the original length, not the header, which an earlier
+                // attempt may already have changed.
+                let length = plan.rewritten_len(&literal).to_string();
+                match host::set_request_header("content-length", Some(&length)) {
+                    Ok(()) => {
+                        debug!("#{} attempt {attempt} sends model {literal}", self.id);
+                        Some(Rewrite {
+                            model_span: plan.model_span.clone(),
+                            literal,
+                        })
+                    }
+                    Err(status) => {
+                        warn!(
+                            "#{} cannot set content-length ({status:?}); not rewriting",
+                            self.id
+                        );
+                        None
+                    }
                 }
             }
-        }
-        self.planned = Some(planned);
+            _ => None,
+        };
+        self.pending_rewrite = rewrite;
+        self.planned = Some(Planned {
+            plan,
+            attempt,
+            record,
+        });
+        self.write_record();
         Action::Continue
     }
 
@@ -243,26 +298,33 @@ impl HttpContext for Attempt {
     }
 
     fn on_http_response_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
-        let Some(planned) = &self.planned else {
+        let Some(planned) = &mut self.planned else {
             return Action::Continue;
         };
         let status = host::response_header(":status")
             .and_then(|s| s.parse::<u16>().ok())
             .unwrap_or(0);
+        let record = &mut planned.record;
+        record.status = Some(status);
+        record.first_byte_ms = Some(host::now_ms().saturating_sub(record.start_ms));
+        record.retry_after =
+            host::response_header("retry-after").filter(|value| value.len() <= RETRY_AFTER_MAX);
+        record.cluster = host::property_text(vec!["xds", "cluster_name"]);
+        record.host = host::property_text(vec!["upstream", "address"]);
         let content_type = host::response_header("content-type").unwrap_or_default();
-        let classes = &self.prepared.config.classes;
-        match classify_headers(classes, planned.plan.facts(), status, &content_type) {
+        let facts = planned.plan.facts();
+        let classes = &self.prepared.config.settings(planned.plan.rule).classes;
+        match classify_headers(classes, facts, status, &content_type) {
             HeaderVerdict::Decided(class) => {
-                self.conclude(class, status);
+                self.conclude(class, None);
                 Action::Continue
             }
             HeaderVerdict::Inspect(kind) if end_of_stream => {
-                let verdict = classify_body(classes, planned.plan.facts(), status, kind, &[], true);
-                let class = match verdict {
+                let class = match classify_body(classes, facts, status, kind, &[], true) {
                     BodyVerdict::Decided(class) => class,
                     BodyVerdict::NeedMore => Class::Success,
                 };
-                self.conclude(class, status);
+                self.conclude(class, None);
                 Action::Continue
             }
             HeaderVerdict::Inspect(kind) => {
@@ -273,34 +335,36 @@ impl HttpContext for Attempt {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let Response::Inspecting { kind, status } = self.response else {
-            self.watch_stream(body_size, end_of_stream);
-            return Action::Continue;
-        };
-        let Some(planned) = &self.planned else {
-            return Action::Continue;
-        };
-        let classes = &self.prepared.config.classes;
-        let read = body_size.min(classes.inspect_max_bytes);
-        let prefix = host::response_body(0, read).unwrap_or_default();
-        // Past the limit the answer is judged on what was read, and then passes on.
-        let complete = end_of_stream || body_size >= classes.inspect_max_bytes;
-        let verdict = classify_body(
-            classes,
-            planned.plan.facts(),
-            status,
-            kind,
-            &prefix,
-            complete,
-        );
-        match verdict {
-            BodyVerdict::NeedMore => Action::Pause,
-            BodyVerdict::Decided(class) => {
-                self.conclude(class, status);
-                // The held part of a stream counts for its end marker too.
-                self.watch_stream(body_size, end_of_stream);
-                Action::Continue
+        if let Response::Inspecting { kind, status } = self.response {
+            let Some(planned) = &self.planned else {
+                return Action::Continue;
+            };
+            let classes = &self.prepared.config.settings(planned.plan.rule).classes;
+            let read = body_size.min(classes.inspect_max_bytes);
+            let prefix = host::response_body(0, read).unwrap_or_default();
+            // Past the limit the answer is judged on what was read, and then passes on.
+            let complete = end_of_stream || body_size >= classes.inspect_max_bytes;
+            let facts = planned.plan.facts();
+            match classify_body(classes, facts, status, kind, &prefix, complete) {
+                BodyVerdict::NeedMore => return Action::Pause,
+                BodyVerdict::Decided(class) => {
+                    let excerpt = class
+                        .is_retryable()
+                        .then(|| provider_message(&prefix))
+                        .flatten();
+                    self.conclude(class, excerpt);
+                }
             }
         }
+        // The held part of a stream counts for its end marker too.
+        self.watch_stream(body_size, end_of_stream);
+        if end_of_stream {
+            if let Some(planned) = &mut self.planned {
+                planned.record.end_ms =
+                    Some(host::now_ms().saturating_sub(planned.record.start_ms));
+            }
+            self.write_record();
+        }
+        Action::Continue
     }
 }

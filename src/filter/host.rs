@@ -4,6 +4,25 @@
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, Bytes, MapType, Status};
+use std::time::UNIX_EPOCH;
+
+/// Host time in milliseconds since the Unix epoch (0 if unavailable).
+pub fn now_ms() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|time| time.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        })
+}
+
+/// A property read as text (Envoy returns strings as raw bytes).
+pub fn property_text(path: Vec<&str>) -> Option<String> {
+    hostcalls::get_property(path)
+        .ok()
+        .flatten()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+}
 
 pub fn request_header(name: &str) -> Option<String> {
     hostcalls::get_map_value(MapType::HttpRequestHeaders, name)

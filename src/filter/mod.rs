@@ -21,8 +21,12 @@ pub fn start() {
 pub struct Prepared {
     pub config: Config,
     pub role: Role,
-    pub router: RouterControl,
+    /// The router control of each settings block, in rule index order.
+    pub routers: Vec<RouterControl>,
 }
+
+/// Filter state set by the attempt role when it refused an attempt for lack of time.
+pub const BUDGET_REFUSED_PROPERTY: &str = "ai_fallback.budget_refused";
 
 #[derive(Default)]
 struct Root {
@@ -48,19 +52,15 @@ impl RootContext for Root {
                     .unwrap_or_default();
                 let role = config.role_for_root_id(&root_id);
                 info!(
-                    "ai-fallback: configured as {role:?} role, {} chains{}",
-                    config.chains.len(),
-                    if config.default_chain.is_empty() {
-                        ""
-                    } else {
-                        " and a default chain"
-                    }
+                    "ai-fallback: configured as {role:?} role, {} chains, {} rules",
+                    config.defaults.chains.len(),
+                    config.rules.len(),
                 );
-                let router = RouterControl::new(&config);
+                let routers = config.all_settings().map(RouterControl::new).collect();
                 self.prepared = Some(Rc::new(Prepared {
                     config,
                     role,
-                    router,
+                    routers,
                 }));
                 true
             }

@@ -1,0 +1,370 @@
+//! How a planned request ended, and the answer the client gets when nothing worked.
+//!
+//! The gateway reads the records the attempts left and what reached it (an upstream
+//! answer, or a local reply of the router or of the attempt role), decides the
+//! outcome, and for an exhausted chain or budget replaces the answer with one
+//! OpenAI-style JSON error that lists every attempt.
+
+use crate::classify::Class;
+use crate::plan::{AttemptRecord, Plan};
+use serde_json::json;
+
+/// How a request the filter acted on ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The filter did not act on it.
+    Passthrough,
+    /// The first model answered.
+    Ok,
+    /// A later model answered.
+    FallbackOk,
+    /// Every model failed.
+    Exhausted,
+    /// The time budget ran out.
+    BudgetExceeded,
+    /// A final answer (400, 401, ...) passed to the client as it came.
+    ClientError,
+    /// A stream that broke after content began.
+    Truncated,
+}
+
+impl Outcome {
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Passthrough => "passthrough",
+            Outcome::Ok => "ok",
+            Outcome::FallbackOk => "fallback_ok",
+            Outcome::Exhausted => "exhausted",
+            Outcome::BudgetExceeded => "budget_exceeded",
+            Outcome::ClientError => "client_error",
+            Outcome::Truncated => "truncated",
+        }
+    }
+
+    pub const ALL: [Outcome; 7] = [
+        Outcome::Passthrough,
+        Outcome::Ok,
+        Outcome::FallbackOk,
+        Outcome::Exhausted,
+        Outcome::BudgetExceeded,
+        Outcome::ClientError,
+        Outcome::Truncated,
+    ];
+}
+
+/// Where the answer that reached the gateway came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// An upstream answer (`response.code_details` is `via_upstream`).
+    Upstream,
+    /// The router's own reply: the request's timeout ran out.
+    RouterTimeout,
+    /// Another reply of the router: a per-attempt timeout, a reset, a refused
+    /// connection, an overflow.
+    RouterOther,
+    /// The attempt role refused to start an attempt with too little time left.
+    BudgetRefused,
+}
+
+impl Source {
+    /// Reads Envoy's `response.code_details`.
+    pub fn from_details(details: &str, budget_refused: bool) -> Source {
+        if budget_refused {
+            Source::BudgetRefused
+        } else if details.is_empty() || details == "via_upstream" {
+            Source::Upstream
+        } else if details == "response_timeout" {
+            Source::RouterTimeout
+        } else {
+            Source::RouterOther
+        }
+    }
+}
+
+/// The outcome of a planned request from its attempts' records.
+pub fn outcome(records: &[AttemptRecord], source: Source, status: u16) -> Outcome {
+    match source {
+        Source::RouterTimeout | Source::BudgetRefused => return Outcome::BudgetExceeded,
+        Source::RouterOther => return Outcome::Exhausted,
+        Source::Upstream => {}
+    }
+    let class = records.last().and_then(AttemptRecord::class);
+    match class {
+        Some(Class::Final) => Outcome::ClientError,
+        Some(class) if class.is_retryable() => Outcome::Exhausted,
+        _ if status >= 500 => Outcome::Exhausted,
+        _ if records.len() > 1 => Outcome::FallbackOk,
+        _ => Outcome::Ok,
+    }
+}
+
+/// The error a client gets when the filter ends the request itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShapedError {
+    pub status: u32,
+    pub body: String,
+}
+
+/// The longest provider message quoted in an error.
+const EXCERPT_CHARS: usize = 160;
+
+/// The answer for an exhausted chain or budget; `None` for other outcomes, whose
+/// answer goes to the client as it came.
+pub fn shaped_error(
+    plan: &Plan,
+    records: &[AttemptRecord],
+    outcome: Outcome,
+    status: u16,
+    now_ms: u64,
+) -> Option<ShapedError> {
+    let (status, error_type, code, headline) = match outcome {
+        Outcome::BudgetExceeded => (
+            504,
+            "timeout",
+            "budget_exceeded",
+            match plan.budget_ms {
+                Some(budget) => format!(
+                    "The request's time budget of {budget} ms ran out after {} attempt(s).",
+                    records.len()
+                ),
+                None => format!("The request timed out after {} attempt(s).", records.len()),
+            },
+        ),
+        Outcome::Exhausted => (
+            if (400..=599).contains(&status) {
+                status
+            } else {
+                502
+            },
+            "upstream_error",
+            "fallbacks_exhausted",
+            format!("All {} attempt(s) failed.", records.len()),
+        ),
+        _ => return None,
+    };
+    let attempts: Vec<_> = records
+        .iter()
+        .enumerate()
+        .map(|(index, record)| {
+            let end = records
+                .get(index + 1)
+                .map_or(now_ms, |next| next.start_ms)
+                .saturating_sub(record.start_ms);
+            let ms = record.end_ms.or(record.first_byte_ms).unwrap_or(end);
+            let result = match record.status {
+                Some(status) => status.to_string(),
+                None => "no answer (timeout or reset)".to_string(),
+            };
+            (record, ms, result)
+        })
+        .collect();
+    let mut message = headline;
+    for (record, ms, result) in &attempts {
+        message.push_str(&format!(" {}: {result} after {ms} ms", record.model));
+        if let Some(excerpt) = &record.error_excerpt {
+            message.push_str(&format!(" ({excerpt:?})"));
+        }
+        message.push(';');
+    }
+    message.pop();
+    message.push('.');
+    let attempts_json: Vec<_> = attempts
+        .iter()
+        .map(|(record, ms, _)| {
+            json!({
+                "model": record.model,
+                "status": record.status,
+                "class": record.class.as_deref().unwrap_or("no_answer"),
+                "ms": ms,
+            })
+        })
+        .collect();
+    let body = json!({
+        "error": {
+            "message": message,
+            "type": error_type,
+            "code": code,
+            "attempts": attempts_json,
+        }
+    });
+    Some(ShapedError {
+        status: u32::from(status),
+        body: body.to_string(),
+    })
+}
+
+/// A short excerpt of a provider's error message from its answer's body: the
+/// `message` of an OpenAI-style error, or a `detail`/`message` string. Nothing from a
+/// body that is not JSON (a CDN's HTML page says nothing useful), and anything that
+/// looks like a credential is masked.
+pub fn provider_message(body: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let text = value
+        .pointer("/error/message")
+        .or_else(|| value.get("error").filter(|e| e.is_string()))
+        .or_else(|| value.get("detail"))
+        .or_else(|| value.get("message"))?
+        .as_str()?;
+    let masked: Vec<String> = text
+        .split_whitespace()
+        .map(|word| {
+            let looks_secret = word.starts_with("sk-")
+                || word.starts_with("Bearer")
+                || (word.len() >= 24
+                    && word
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c)));
+            if looks_secret {
+                "[redacted]".to_string()
+            } else {
+                word.chars().filter(|c| !c.is_control()).collect()
+            }
+        })
+        .collect();
+    let joined = masked.join(" ");
+    let mut excerpt: String = joined.chars().take(EXCERPT_CHARS).collect();
+    if joined.chars().count() > EXCERPT_CHARS {
+        excerpt.push('…');
+    }
+    (!excerpt.is_empty()).then_some(excerpt)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(
+        model: &str,
+        start_ms: u64,
+        status: Option<u16>,
+        class: Option<Class>,
+    ) -> AttemptRecord {
+        AttemptRecord {
+            model: model.into(),
+            start_ms,
+            status,
+            class: class.map(|c| c.name().to_string()),
+            ..AttemptRecord::default()
+        }
+    }
+
+    fn plan(budget_ms: Option<u64>) -> Plan {
+        Plan {
+            body_len: 20,
+            model_span: 9..12,
+            stream: false,
+            chain: vec!["\"a\"".into(), "\"b\"".into()],
+            context_chain: vec![],
+            rule: 0,
+            started_ms: 1000,
+            budget_ms,
+        }
+    }
+
+    #[test]
+    fn outcomes() {
+        let failed = record("a", 1000, Some(502), Some(Class::FailureStatus));
+        let ok = record("b", 1010, Some(200), Some(Class::Success));
+        let final_answer = record("a", 1000, Some(401), Some(Class::Final));
+        use Outcome::*;
+        assert_eq!(outcome(&[ok.clone()], Source::Upstream, 200), Ok);
+        assert_eq!(
+            outcome(&[failed.clone(), ok], Source::Upstream, 200),
+            FallbackOk
+        );
+        assert_eq!(outcome(&[failed.clone()], Source::Upstream, 502), Exhausted);
+        assert_eq!(outcome(&[final_answer], Source::Upstream, 401), ClientError);
+        assert_eq!(
+            outcome(&[failed.clone()], Source::RouterTimeout, 504),
+            BudgetExceeded
+        );
+        assert_eq!(
+            outcome(&[failed.clone()], Source::BudgetRefused, 504),
+            BudgetExceeded
+        );
+        assert_eq!(outcome(&[failed], Source::RouterOther, 503), Exhausted);
+        assert_eq!(outcome(&[], Source::Upstream, 503), Exhausted);
+    }
+
+    #[test]
+    fn sources() {
+        assert_eq!(
+            Source::from_details("via_upstream", false),
+            Source::Upstream
+        );
+        assert_eq!(
+            Source::from_details("response_timeout", false),
+            Source::RouterTimeout
+        );
+        assert_eq!(
+            Source::from_details("upstream_per_try_timeout", false),
+            Source::RouterOther
+        );
+        assert_eq!(
+            Source::from_details("via_upstream", true),
+            Source::BudgetRefused
+        );
+    }
+
+    #[test]
+    fn shaped_error_lists_every_attempt() {
+        let mut first = record("a", 1000, Some(502), Some(Class::FailureStatus));
+        first.error_excerpt = Some("No instances available".into());
+        let second = record("b", 1040, None, None);
+        let shaped =
+            shaped_error(&plan(None), &[first, second], Outcome::Exhausted, 503, 1340).unwrap();
+        assert_eq!(shaped.status, 503);
+        let value: serde_json::Value = serde_json::from_str(&shaped.body).unwrap();
+        let error = &value["error"];
+        assert_eq!(error["code"], "fallbacks_exhausted");
+        assert_eq!(error["type"], "upstream_error");
+        let message = error["message"].as_str().unwrap();
+        assert_eq!(
+            message,
+            "All 2 attempt(s) failed. a: 502 after 40 ms (\"No instances available\"); \
+             b: no answer (timeout or reset) after 300 ms."
+        );
+        assert_eq!(error["attempts"][1]["class"], "no_answer");
+        assert_eq!(error["attempts"][0]["status"], 502);
+    }
+
+    #[test]
+    fn budget_errors_are_504() {
+        let records = [record("a", 1000, None, None)];
+        let shaped = shaped_error(
+            &plan(Some(800)),
+            &records,
+            Outcome::BudgetExceeded,
+            504,
+            1800,
+        )
+        .unwrap();
+        assert_eq!(shaped.status, 504);
+        assert!(shaped.body.contains("time budget of 800 ms"));
+        assert!(shaped.body.contains("\"code\":\"budget_exceeded\""));
+        assert_eq!(
+            shaped_error(&plan(None), &records, Outcome::Ok, 200, 0),
+            None
+        );
+    }
+
+    #[test]
+    fn provider_messages_are_bounded_and_masked() {
+        assert_eq!(
+            provider_message(br#"{"error":{"message":"The model is overloaded"}}"#).as_deref(),
+            Some("The model is overloaded")
+        );
+        assert_eq!(
+            provider_message(br#"{"detail":"No instances available"}"#).as_deref(),
+            Some("No instances available")
+        );
+        assert_eq!(
+            provider_message(br#"{"error":"bad key sk-abcdef1234 used"}"#).as_deref(),
+            Some("bad key [redacted] used")
+        );
+        assert_eq!(provider_message(b"<html>502</html>"), None);
+        let long = format!(r#"{{"detail":"{}"}}"#, "word ".repeat(100));
+        let excerpt = provider_message(long.as_bytes()).unwrap();
+        assert_eq!(excerpt.chars().count(), EXCERPT_CHARS + 1);
+    }
+}

@@ -250,7 +250,6 @@ impl Default for Settings {
     }
 }
 
-
 /// A configuration error: the field it is about, and what is wrong with it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigError {

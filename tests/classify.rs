@@ -163,7 +163,10 @@ async fn the_last_models_failure_is_not_retried_and_is_reported() {
     assert_eq!(attempts[0]["class"], "no_capacity");
     assert_eq!(attempts[1]["class"], "error_envelope");
     let message = body["error"]["message"].as_str().unwrap();
-    assert!(message.contains("(\"No instances available\")"), "{message}");
+    assert!(
+        message.contains("(\"No instances available\")"),
+        "{message}"
+    );
     assert_eq!(
         models_seen(&mock),
         ["a+status-404+body-noinstances", "b+body-errorenvelope"]

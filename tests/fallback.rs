@@ -121,8 +121,14 @@ async fn every_model_failing_gives_the_last_status_and_every_attempt() {
     assert_eq!(attempts[1]["model"], "y+status-503");
     assert_eq!(attempts[1]["status"], 503);
     let message = body["error"]["message"].as_str().unwrap();
-    assert!(message.starts_with("All 2 attempt(s) failed. x+status-500: 500 after "), "{message}");
-    assert!(message.contains("mock failure 503 for model y+status-503"), "{message}");
+    assert!(
+        message.starts_with("All 2 attempt(s) failed. x+status-500: 500 after "),
+        "{message}"
+    );
+    assert!(
+        message.contains("mock failure 503 for model y+status-503"),
+        "{message}"
+    );
     assert_eq!(models_seen(&mock), ["x+status-500", "y+status-503"]);
 }
 

@@ -640,6 +640,34 @@ impl Body for EventBody {
     }
 }
 
+/// A request body for HTTP clients built on `http-body` (`reqwest::Body::wrap`): the
+/// `chunks` as data frames, then `trailers`, so tests can send request trailers.
+pub fn body_with_trailers(chunks: Vec<Vec<u8>>, trailers: hyper::HeaderMap) -> TrailersBody {
+    let mut frames: std::collections::VecDeque<Frame<Bytes>> = chunks
+        .into_iter()
+        .map(|c| Frame::data(Bytes::from(c)))
+        .collect();
+    frames.push_back(Frame::trailers(trailers));
+    TrailersBody { frames }
+}
+
+/// See [`body_with_trailers`].
+pub struct TrailersBody {
+    frames: std::collections::VecDeque<Frame<Bytes>>,
+}
+
+impl Body for TrailersBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.frames.pop_front().map(Ok))
+    }
+}
+
 fn response(
     status: StatusCode,
     content_type: Option<&'static str>,

@@ -47,6 +47,20 @@ unit: ## unit tests of the pure logic, and the mock upstream's own tests
 integration: build ## integration tests: the real Envoy, the fresh .wasm, the mock
 	cargo test -p ai-fallback --test '*'
 
+OHA_VERSION := 1.16.0
+OHA         := .tools/bin/oha
+
+bench: build $(OHA) ## side-by-side benchmark -> results/bench.md, .svg, README Performance (BENCH_QUICK=1: ~2 min)
+	cargo build --locked --release --target wasm32-wasip1 --manifest-path bench/noop-wasm/Cargo.toml --target-dir target/noop-wasm
+	mkdir -p results/tmp
+	cargo bench -p ai-fallback --bench rewrite -- --json results/tmp/rewrite.json
+	cargo build --release -p bench
+	target/release/bench
+
+# The load tool, built from crates.io into .tools on first use (a few minutes).
+$(OHA):
+	cargo install --locked --root .tools --version $(OHA_VERSION) oha
+
 clean: ## remove build outputs and the venv
 	cargo clean
 	rm -rf $(VENV)

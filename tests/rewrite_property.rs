@@ -148,7 +148,10 @@ fn value(rng: &mut Rng, depth: usize, out: &mut String) {
     match kind {
         0 => out.push_str(&string(rng, 12).0),
         1 => out.push_str(&number(rng)),
-        2 => out.push_str(rng.pick(&["true", "false", "null"])),
+        2 => {
+            let literal: &&str = rng.pick(&["true", "false", "null"]);
+            out.push_str(literal);
+        }
         3 => out.push_str(&string(rng, 3).0),
         4 => {
             out.push('[');

@@ -206,6 +206,11 @@ pub struct Outcome {
     pub warnings: Vec<String>,
     pub elapsed: Duration,
     pub pinning: String,
+    /// /proc/loadavg's 1-minute figure when the run started and when it ended: other
+    /// work on the machine shows here, and in the p99s.
+    pub load: (f64, f64),
+    /// The commit the filter was built from, and whether src/ had changes on top.
+    pub revision: String,
 }
 
 struct Args {
@@ -313,12 +318,19 @@ fn cpu_sets(nproc: usize) -> (Option<String>, Option<String>) {
     }
     (
         envoy.or_else(|| Some("0".to_owned())),
-        load.or_else(|| Some(format!("1-{}", nproc - 1))),
+        load.or_else(|| {
+            Some(if nproc == 2 {
+                "1".to_owned()
+            } else {
+                format!("1-{}", nproc - 1)
+            })
+        }),
     )
 }
 
 fn run(args: &Args) -> Result<(), String> {
     let started = Instant::now();
+    let load_at_start = system::load_average();
     let settings = Settings::new(args.quick);
     let (nproc, cpu_model) = system::machine();
     let (envoy_cpus, load_cpus) = cpu_sets(nproc);
@@ -548,6 +560,8 @@ fn run(args: &Args) -> Result<(), String> {
         date: command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
         warnings,
         elapsed: started.elapsed(),
+        load: (load_at_start, system::load_average()),
+        revision: revision(),
         pinning: format!(
             "Envoy pinned to CPU {}, oha and the mock to CPU {}",
             envoy_cpus.as_deref().unwrap_or("any"),
@@ -626,6 +640,20 @@ fn command_line(program: &str, args: &[&str]) -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default()
+}
+
+/// `git rev-parse --short HEAD`, noting uncommitted changes to the filter's sources.
+fn revision() -> String {
+    let commit = command_line("git", &["rev-parse", "--short", "HEAD"]);
+    if commit.is_empty() {
+        return "unknown revision".to_owned();
+    }
+    let dirty = command_line("git", &["status", "--porcelain", "--", "src", "Cargo.toml"]);
+    if dirty.is_empty() {
+        format!("filter at {commit}")
+    } else {
+        format!("filter at {commit} with uncommitted changes in src/")
+    }
 }
 
 fn envoy_version(envoy: &Path) -> String {

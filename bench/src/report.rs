@@ -499,11 +499,12 @@ fn ns_text(ns: f64) -> String {
 
 fn machine_line(o: &Outcome) -> String {
     format!(
-        "{} on {} CPUs ({}), Envoy {} `--concurrency 1`; {}. `make bench`{}, {} round{}, {}.",
+        "{} on {} CPUs ({}), Envoy {} `--concurrency 1`, {}; {}. `make bench`{}, {} round{}, {}; load average {:.1} at the start, {:.1} at the end.",
         o.date,
         o.nproc,
         o.cpu_model,
         o.envoy_version,
+        o.revision,
         o.pinning,
         if o.settings.quick {
             " with BENCH_QUICK=1"
@@ -513,6 +514,8 @@ fn machine_line(o: &Outcome) -> String {
         o.settings.rounds,
         if o.settings.rounds == 1 { "" } else { "s" },
         format_args!("{:.0} s in all", o.elapsed.as_secs_f64()),
+        o.load.0,
+        o.load.1,
     )
 }
 
@@ -724,11 +727,13 @@ fn raw_json(r: &Results<'_>) -> Value {
     })
 }
 
-/// A chart panel: title, unit, and per series its key, colour and one value per size.
+/// A chart panel: title, unit, per series its key, colour and one value per size, and
+/// the goal line.
 type Panel = (
     String,
     &'static str,
     Vec<(&'static str, &'static str, Vec<f64>)>,
+    Option<(f64, &'static str)>,
 );
 
 /// Three bar charts, model first, grouped by body size: added p50 latency and CPU per
@@ -771,6 +776,7 @@ fn chart(r: &Results<'_>) -> String {
             &|s, k| Some(r.get(s, position, k)?.p50 - r.get(s, position, "router")?.p50),
             &series_happy,
         ),
+        Some((30.0, "goal at 16 KiB: 30 µs")),
     ));
     panels.push((
         "Envoy CPU per request, happy path (× router-only)".into(),
@@ -779,23 +785,25 @@ fn chart(r: &Results<'_>) -> String {
             &|s, k| Some(r.get(s, position, k)?.cpu_us / r.get(s, position, "router")?.cpu_us),
             &series_happy,
         ),
+        Some((1.2, "goal at 16 KiB: 1.2×")),
     ));
     panels.push((
         "Filter CPU on a fallback (µs/req over router retry)".into(),
         "µs",
         collect(&|s, k| Some(r.fallback_cost(s, position, k)?.0), &series_fb),
+        None,
     ));
 
     let (pw, ph, margin) = (380.0, 300.0, 50.0);
     let width = pw * panels.len() as f64 + 20.0;
-    let height = ph + 110.0;
+    let height = ph + 50.0;
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\" font-family=\"sans-serif\" font-size=\"11\">\n\
          <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
          <text x=\"10\" y=\"18\" font-size=\"14\" font-weight=\"bold\">ai-fallback vs Envoy router-only, model first — {}</text>\n",
         xml(&format!("{} CPUs, {}, {}", r.outcome.nproc, r.outcome.cpu_model, r.outcome.date))
     );
-    for (i, (title, unit, series)) in panels.iter().enumerate() {
+    for (i, (title, unit, series, goal)) in panels.iter().enumerate() {
         let x0 = 10.0 + pw * i as f64;
         let top = 50.0;
         let plot_h = ph - 60.0;
@@ -805,13 +813,11 @@ fn chart(r: &Results<'_>) -> String {
             .flat_map(|(_, _, v)| v.iter().copied())
             .filter(|v| v.is_finite())
             .collect();
-        let max = values
-            .iter()
-            .copied()
-            .fold(if *unit == "×" { 1.0 } else { 0.0 }, f64::max)
-            * 1.15;
-        let min = values.iter().copied().fold(0.0, f64::min);
-        let max = if max <= min { min + 1.0 } else { max };
+        let goal_value = goal.map_or(0.0, |(g, _)| g);
+        let (min, max, step) = nice_axis(
+            values.iter().copied().fold(0.0, f64::min),
+            values.iter().copied().fold(goal_value, f64::max) * 1.1,
+        );
         let y = |v: f64| top + plot_h * (max - v) / (max - min);
         let _ = writeln!(
             svg,
@@ -826,32 +832,34 @@ fn chart(r: &Results<'_>) -> String {
             "<line x1=\"{axis_x}\" y1=\"{top}\" x2=\"{axis_x}\" y2=\"{}\" stroke=\"#333\"/>",
             top + plot_h
         );
-        for t in 0..=4 {
-            let v = min + (max - min) * t as f64 / 4.0;
+        let mut tick = min;
+        while tick <= max + step / 2.0 {
             let _ = writeln!(
                 svg,
                 "<line x1=\"{axis_x}\" y1=\"{yy:.1}\" x2=\"{:.1}\" y2=\"{yy:.1}\" stroke=\"#ddd\"/><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
                 axis_x + plot_w,
                 axis_x - 4.0,
-                y(v) + 4.0,
-                if *unit == "×" { format!("{v:.2}") } else { format!("{v:.0}") },
-                yy = y(v)
+                y(tick) + 4.0,
+                if step < 1.0 { format!("{tick:.2}") } else { format!("{tick:.0}") },
+                yy = y(tick)
             );
+            tick += step;
         }
-        if *unit == "×" {
-            let _ = writeln!(svg, "<line x1=\"{axis_x}\" y1=\"{yy:.1}\" x2=\"{:.1}\" y2=\"{yy:.1}\" stroke=\"#c00\" stroke-dasharray=\"4 3\"/>", axis_x + plot_w, yy = y(1.2));
+        if let Some((value, label)) = goal {
             let _ = writeln!(
                 svg,
-                "<text x=\"{:.1}\" y=\"{:.1}\" fill=\"#c00\" text-anchor=\"end\">goal 1.2×</text>",
+                "<line x1=\"{axis_x}\" y1=\"{yy:.1}\" x2=\"{:.1}\" y2=\"{yy:.1}\" stroke=\"#c00\" stroke-dasharray=\"4 3\"/><text x=\"{:.1}\" y=\"{:.1}\" fill=\"#c00\">{label}</text>",
                 axis_x + plot_w,
-                y(1.2) - 3.0
+                axis_x + 4.0,
+                y(*value) - 3.0,
+                yy = y(*value)
             );
         }
         let _ = writeln!(
             svg,
             "<line x1=\"{axis_x}\" y1=\"{yy:.1}\" x2=\"{:.1}\" y2=\"{yy:.1}\" stroke=\"#333\"/>",
             axis_x + plot_w,
-            yy = y(if *unit == "×" { min.max(0.0) } else { 0.0 })
+            yy = y(0.0)
         );
         let group_w = plot_w / sizes.len().max(1) as f64;
         let bar_w = (group_w - 12.0) / series.len().max(1) as f64;
@@ -869,7 +877,7 @@ fn chart(r: &Results<'_>) -> String {
                 if !v.is_finite() {
                     continue;
                 }
-                let base = y(0.0_f64.max(min));
+                let base = y(0.0);
                 let (y1, h) = if v >= 0.0 {
                     (y(v), base - y(v))
                 } else {
@@ -905,6 +913,24 @@ fn chart(r: &Results<'_>) -> String {
     );
     svg.push_str("</svg>\n");
     svg
+}
+
+/// Axis bounds and tick step: multiples of 1, 2 or 5 times a power of ten, about
+/// five ticks, zero included.
+fn nice_axis(min: f64, max: f64) -> (f64, f64, f64) {
+    let span = (max - min).max(1e-9);
+    let raw = span / 5.0;
+    let magnitude = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 2.5, 5.0, 10.0]
+        .iter()
+        .map(|m| m * magnitude)
+        .find(|&s| s >= raw)
+        .unwrap_or(10.0 * magnitude);
+    (
+        (min / step).floor() * step,
+        (max / step).ceil() * step,
+        step,
+    )
 }
 
 fn xml(text: &str) -> String {

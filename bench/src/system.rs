@@ -333,3 +333,11 @@ pub fn machine() -> (usize, String) {
         .unwrap_or_else(|| "unknown CPU".to_owned());
     (nproc, model)
 }
+
+/// The 1-minute load average.
+pub fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}

@@ -4,6 +4,7 @@
 //! Everything but `filter` is pure logic that never calls the host, so it is tested
 //! on the host target; `filter` turns its decisions into proxy-wasm host calls.
 
+pub mod access;
 pub mod body;
 pub mod classify;
 pub mod config;

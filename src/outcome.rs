@@ -267,19 +267,25 @@ mod tests {
         let ok = record("b", 1010, Some(200), Some(Class::Success));
         let final_answer = record("a", 1000, Some(401), Some(Class::Final));
         use Outcome::*;
-        assert_eq!(outcome(&[ok.clone()], Source::Upstream, 200), Ok);
+        assert_eq!(
+            outcome(std::slice::from_ref(&ok), Source::Upstream, 200),
+            Ok
+        );
         assert_eq!(
             outcome(&[failed.clone(), ok], Source::Upstream, 200),
             FallbackOk
         );
-        assert_eq!(outcome(&[failed.clone()], Source::Upstream, 502), Exhausted);
+        assert_eq!(
+            outcome(std::slice::from_ref(&failed), Source::Upstream, 502),
+            Exhausted
+        );
         assert_eq!(outcome(&[final_answer], Source::Upstream, 401), ClientError);
         assert_eq!(
-            outcome(&[failed.clone()], Source::RouterTimeout, 504),
+            outcome(std::slice::from_ref(&failed), Source::RouterTimeout, 504),
             BudgetExceeded
         );
         assert_eq!(
-            outcome(&[failed.clone()], Source::BudgetRefused, 504),
+            outcome(std::slice::from_ref(&failed), Source::BudgetRefused, 504),
             BudgetExceeded
         );
         assert_eq!(outcome(&[failed], Source::RouterOther, 503), Exhausted);

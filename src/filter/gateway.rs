@@ -1,7 +1,12 @@
 //! The gateway role: runs once per client request, before the router. It plans the
 //! fallbacks from the body, and on the way back decides how the request ended.
 
+use super::attempt::TRUNCATED_PROPERTY;
 use super::{host, Prepared, BUDGET_REFUSED_PROPERTY};
+use crate::access::{
+    self, find_usage, AccessRecord, AttemptView, Usage, ATTEMPTS_PROPERTY, FINAL_MODEL_PROPERTY,
+    OUTCOME_PROPERTY, RECORD_PROPERTY, USAGE_TAIL_BYTES,
+};
 use crate::config::{RouteFacts, Settings};
 use crate::outcome::{outcome, provider_message, shaped_error, Outcome, Source};
 use crate::plan::{
@@ -30,6 +35,12 @@ pub struct Gateway {
     finished: Option<Finished>,
     /// The failed final answer's body is being read before it is replaced.
     replacing_answer: bool,
+    /// Why an acted-on request was let through untouched.
+    passthrough_reason: Option<&'static str>,
+    /// The last bytes of the answer, where providers put `usage`.
+    usage_tail: Vec<u8>,
+    /// The access record and stats are written once.
+    recorded: bool,
 }
 
 struct Finished {
@@ -49,6 +60,9 @@ impl Gateway {
             plan: None,
             finished: None,
             replacing_answer: false,
+            passthrough_reason: None,
+            usage_tail: Vec::new(),
+            recorded: false,
         }
     }
 
@@ -105,6 +119,7 @@ impl Gateway {
         let plan = match decide(self.settings(), start, &body) {
             BodyDecision::Passthrough(reason) => {
                 debug!("#{} passthrough: {reason}", self.id);
+                self.passthrough_reason = Some(reason);
                 return Action::Continue;
             }
             BodyDecision::Fallback(plan) => plan,
@@ -155,16 +170,152 @@ impl Gateway {
             }
         }
         let now = host::now_ms();
-        if let Some(shaped) = shaped_error(
+        let shaped = shaped_error(
             plan,
             &finished.records,
             finished.outcome,
             finished.status,
             now,
-        ) {
+        );
+        if let Some(shaped) = shaped {
+            finished.status = u16::try_from(shaped.status).unwrap_or(finished.status);
+            // Recorded first: the reply goes straight to the client, past this filter.
+            self.write_record();
             if let Err(status) = host::send_json(shaped.status, &shaped.body) {
                 warn!("#{} cannot send the final error ({status:?})", self.id);
             }
+        }
+    }
+
+    /// Writes the access record and counts the request in Envoy stats, once, for a
+    /// request the gateway acted on.
+    fn write_record(&mut self) {
+        if self.recorded {
+            return;
+        }
+        let Some(start) = self.start else {
+            return;
+        };
+        self.recorded = true;
+        let route = host::property_text(vec!["xds", "route_name"]).unwrap_or_default();
+        let request_id = host::property_text(vec!["request", "id"]).unwrap_or_default();
+        let no_records = Vec::new();
+        let (mut outcome, records) = match &self.finished {
+            Some(finished) => (finished.outcome, &finished.records),
+            None if self.plan.is_some() => (Outcome::Exhausted, &no_records),
+            None => (Outcome::Passthrough, &no_records),
+        };
+        if host::property(TRUNCATED_PROPERTY).is_some() {
+            outcome = Outcome::Truncated;
+        }
+        let requested = self
+            .plan
+            .as_ref()
+            .and_then(|plan| plan.chain.first())
+            .and_then(|literal| serde_json::from_str::<String>(literal).ok());
+        let final_model = records.last().map(|record| record.model.as_str());
+        let usage = find_usage(&self.usage_tail).unwrap_or_default();
+        let elapsed_ms = host::now_ms().saturating_sub(start.started_ms);
+        let record = AccessRecord {
+            request_id: &request_id,
+            route: &route,
+            rule: self.prepared.config.rule_name(self.rule),
+            requested_model: requested.as_deref(),
+            final_model,
+            outcome: outcome.name(),
+            stream: self.plan.as_ref().is_some_and(|plan| plan.stream),
+            budget_ms: self.plan.as_ref().and_then(|plan| plan.budget_ms),
+            elapsed_ms,
+            passthrough_reason: self.passthrough_reason,
+            attempts: records.iter().map(AttemptView::from).collect(),
+            usage,
+        };
+        let properties = [
+            (RECORD_PROPERTY, record.to_json()),
+            (
+                FINAL_MODEL_PROPERTY,
+                final_model.unwrap_or_default().to_string(),
+            ),
+            (ATTEMPTS_PROPERTY, records.len().to_string()),
+            (OUTCOME_PROPERTY, outcome.name().to_string()),
+        ];
+        for (name, value) in properties {
+            if let Err(status) = host::set_property(name, value.as_bytes()) {
+                warn!("#{} cannot write {name} ({status:?})", self.id);
+            }
+        }
+        self.count_stats(
+            &route,
+            requested.as_deref(),
+            records,
+            outcome,
+            usage,
+            elapsed_ms,
+        );
+    }
+
+    fn count_stats(
+        &self,
+        route: &str,
+        requested: Option<&str>,
+        records: &[AttemptRecord],
+        outcome: Outcome,
+        usage: Usage,
+        elapsed_ms: u64,
+    ) {
+        let prepared = &self.prepared;
+        let bounded = |model: &str| -> String {
+            access::bounded_model(model, |m| prepared.known_models.contains(m)).to_string()
+        };
+        let requested = bounded(requested.unwrap_or_default());
+        let name = access::stat_name;
+        let outcome_tag = Some(("outcome", outcome.name()));
+        prepared.count(
+            &name("requests_total", route, Some(&requested), outcome_tag),
+            1,
+        );
+        for record in records {
+            let class = Some(("class", record.class.as_deref().unwrap_or("no_answer")));
+            let model = bounded(&record.model);
+            prepared.count(&name("attempts_total", route, Some(&model), class), 1);
+        }
+        let fallbacks = records.len().saturating_sub(1) as u64;
+        prepared.count(
+            &name("fallbacks_total", route, Some(&requested), None),
+            fallbacks,
+        );
+        if outcome == Outcome::BudgetExceeded {
+            prepared.count(&name("budget_exhausted_total", route, None, None), 1);
+        }
+        if let Some(last) = records.last() {
+            let model = bounded(&last.model);
+            for (kind, tokens) in [
+                ("input", usage.input_tokens),
+                ("output", usage.output_tokens),
+            ] {
+                let stat = name("tokens_total", route, Some(&model), Some(("kind", kind)));
+                prepared.count(&stat, tokens.unwrap_or(0));
+            }
+        }
+        if self.plan.is_some() {
+            let attempts = records.len() as u64;
+            prepared.observe(&name("attempts_per_request", route, None, None), attempts);
+        }
+        if access::is_success(outcome) {
+            prepared.observe(&name("time_to_success_ms", route, None, None), elapsed_ms);
+        }
+    }
+
+    /// Keeps the last bytes of the answer for its `usage`.
+    fn keep_usage_tail(&mut self, body_size: usize) {
+        if body_size == 0 {
+            return;
+        }
+        let start = body_size.saturating_sub(USAGE_TAIL_BYTES);
+        if let Some(chunk) = host::response_body(start, body_size - start) {
+            self.usage_tail.extend_from_slice(&chunk);
+            let excess = self.usage_tail.len().saturating_sub(USAGE_TAIL_BYTES);
+            self.usage_tail.drain(..excess);
         }
     }
 }
@@ -233,6 +384,9 @@ impl HttpContext for Gateway {
 
     fn on_http_response_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
         let Some(plan) = &self.plan else {
+            if end_of_stream {
+                self.write_record();
+            }
             return Action::Continue;
         };
         // Present only when the router could not retry (a circuit breaker): the
@@ -279,6 +433,12 @@ impl HttpContext for Gateway {
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         if !self.replacing_answer {
+            if self.plan.is_some() {
+                self.keep_usage_tail(body_size);
+            }
+            if end_of_stream {
+                self.write_record();
+            }
             return Action::Continue;
         }
         if !end_of_stream && body_size < ERROR_EXCERPT_READ_BYTES {
@@ -289,5 +449,10 @@ impl HttpContext for Gateway {
         let final_body = host::response_body(0, read).unwrap_or_default();
         self.send_shaped_error(&final_body);
         Action::Pause
+    }
+
+    fn on_log(&mut self) {
+        // A request whose answer never ended (the client went away) is recorded here.
+        self.write_record();
     }
 }

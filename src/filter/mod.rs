@@ -7,9 +7,13 @@ mod host;
 
 use crate::config::{Config, Role};
 use crate::plan::RouterControl;
-use log::{error, info};
+use log::{error, info, warn};
+use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::MetricType;
 use proxy_wasm::types::{ContextType, LogLevel};
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
 
 pub fn start() {
@@ -23,6 +27,71 @@ pub struct Prepared {
     pub role: Role,
     /// The router control of each settings block, in rule index order.
     pub routers: Vec<RouterControl>,
+    /// Every model the configuration names: stats use these, all others are `other`.
+    pub known_models: BTreeSet<String>,
+    /// Envoy metric ids by stat name, defined on first use.
+    metrics: RefCell<HashMap<String, u32>>,
+}
+
+impl Prepared {
+    fn new(config: Config, role: Role) -> Prepared {
+        let routers = config.all_settings().map(RouterControl::new).collect();
+        let known_models = config
+            .all_settings()
+            .flat_map(|settings| {
+                let chains = settings.chains.iter().chain(&settings.context_chains);
+                let keys = chains.clone().map(|(requested, _)| requested.clone());
+                let entries = chains
+                    .flat_map(|(_, chain)| chain.iter())
+                    .chain(&settings.default_chain)
+                    .chain(&settings.default_context_chain)
+                    .map(|entry| entry.model.clone());
+                keys.chain(entries).collect::<Vec<_>>()
+            })
+            .collect();
+        Prepared {
+            config,
+            role,
+            routers,
+            known_models,
+            metrics: RefCell::new(HashMap::new()),
+        }
+    }
+
+    fn metric(&self, metric_type: MetricType, name: &str) -> Option<u32> {
+        if let Some(id) = self.metrics.borrow().get(name) {
+            return Some(*id);
+        }
+        match hostcalls::define_metric(metric_type, name) {
+            Ok(id) => {
+                self.metrics.borrow_mut().insert(name.to_string(), id);
+                Some(id)
+            }
+            Err(status) => {
+                warn!("ai-fallback: cannot define metric {name} ({status:?})");
+                None
+            }
+        }
+    }
+
+    /// Adds `value` to a counter; Envoy rejects increments of zero.
+    pub fn count(&self, name: &str, value: u64) {
+        let Ok(offset) = i64::try_from(value) else {
+            return;
+        };
+        if offset > 0 {
+            if let Some(id) = self.metric(MetricType::Counter, name) {
+                let _ = hostcalls::increment_metric(id, offset);
+            }
+        }
+    }
+
+    /// Records one value in a histogram.
+    pub fn observe(&self, name: &str, value: u64) {
+        if let Some(id) = self.metric(MetricType::Histogram, name) {
+            let _ = hostcalls::record_metric(id, value);
+        }
+    }
 }
 
 /// Filter state set by the attempt role when it refused an attempt for lack of time.
@@ -56,12 +125,7 @@ impl RootContext for Root {
                     config.defaults.chains.len(),
                     config.rules.len(),
                 );
-                let routers = config.all_settings().map(RouterControl::new).collect();
-                self.prepared = Some(Rc::new(Prepared {
-                    config,
-                    role,
-                    routers,
-                }));
+                self.prepared = Some(Rc::new(Prepared::new(config, role)));
                 true
             }
             Err(config_error) => {

@@ -1,0 +1,289 @@
+//! What a request leaves behind for operators: one access record (JSON in Envoy filter
+//! state, for any access log format), token usage read from the final answer, and
+//! the names of the filter's Envoy stats.
+//!
+//! Field names follow the OpenTelemetry GenAI semantic conventions where one exists.
+
+use crate::outcome::Outcome;
+use crate::plan::AttemptRecord;
+use serde::Serialize;
+
+/// Filter state names, read as `%FILTER_STATE(wasm.<name>:PLAIN)%`.
+pub const RECORD_PROPERTY: &str = "ai_fallback.record";
+pub const FINAL_MODEL_PROPERTY: &str = "ai_fallback.model";
+pub const ATTEMPTS_PROPERTY: &str = "ai_fallback.attempts";
+pub const OUTCOME_PROPERTY: &str = "ai_fallback.outcome";
+
+/// Token counts from an answer's `usage`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    #[serde(rename = "gen_ai.usage.input_tokens")]
+    pub input_tokens: Option<u64>,
+    #[serde(rename = "gen_ai.usage.output_tokens")]
+    pub output_tokens: Option<u64>,
+    #[serde(rename = "gen_ai.usage.total_tokens")]
+    pub total_tokens: Option<u64>,
+}
+
+/// How much of an answer's end is kept to find its `usage`: the last event of a
+/// stream, or the end of a JSON answer, where providers put it.
+pub const USAGE_TAIL_BYTES: usize = 4096;
+
+/// The last `"usage": {...}` object in `tail` (chat completions' prompt/completion
+/// tokens, or the Responses API's input/output tokens).
+pub fn find_usage(tail: &[u8]) -> Option<Usage> {
+    let key = b"\"usage\"";
+    let at = tail.windows(key.len()).rposition(|w| w == key)?;
+    let after_key = tail.get(at + key.len()..)?;
+    let open = after_key.iter().position(|b| *b == b'{')?;
+    let between = after_key.get(..open)?;
+    if !between
+        .iter()
+        .all(|b| b.is_ascii_whitespace() || *b == b':')
+    {
+        return None;
+    }
+    let object = after_key.get(open..)?;
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut end = None;
+    for (index, byte) in object.iter().enumerate() {
+        match (in_string, escaped, byte) {
+            (true, true, _) => escaped = false,
+            (true, false, b'\\') => escaped = true,
+            (true, false, b'"') => in_string = false,
+            (true, false, _) => {}
+            (false, _, b'"') => in_string = true,
+            (false, _, b'{') => depth += 1,
+            (false, _, b'}') => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    end = Some(index + 1);
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    let value: serde_json::Value = serde_json::from_slice(object.get(..end?)?).ok()?;
+    let count = |names: &[&str]| names.iter().find_map(|name| value.get(*name)?.as_u64());
+    let usage = Usage {
+        input_tokens: count(&["prompt_tokens", "input_tokens"]),
+        output_tokens: count(&["completion_tokens", "output_tokens"]),
+        total_tokens: count(&["total_tokens"]),
+    };
+    (usage != Usage::default()).then_some(usage)
+}
+
+/// One attempt as the access record shows it.
+#[derive(Debug, Serialize)]
+pub struct AttemptView<'a> {
+    pub model: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<&'a str>,
+    /// The answer's status, or "timeout_or_reset" when none came.
+    pub status: serde_json::Value,
+    pub class: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_byte_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<&'a str>,
+}
+
+impl<'a> From<&'a AttemptRecord> for AttemptView<'a> {
+    fn from(record: &'a AttemptRecord) -> Self {
+        AttemptView {
+            model: &record.model,
+            cluster: record.cluster.as_deref(),
+            host: record.host.as_deref(),
+            status: record
+                .status
+                .map_or_else(|| "timeout_or_reset".into(), serde_json::Value::from),
+            class: record.class.as_deref().unwrap_or("no_answer"),
+            first_byte_ms: record.first_byte_ms,
+            end_ms: record.end_ms,
+            retry_after: record.retry_after.as_deref(),
+        }
+    }
+}
+
+/// The access record of one request.
+#[derive(Debug, Serialize)]
+pub struct AccessRecord<'a> {
+    pub request_id: &'a str,
+    pub route: &'a str,
+    pub rule: &'a str,
+    #[serde(
+        rename = "gen_ai.request.model",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub requested_model: Option<&'a str>,
+    #[serde(
+        rename = "gen_ai.response.model",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub final_model: Option<&'a str>,
+    pub outcome: &'static str,
+    pub stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget_ms: Option<u64>,
+    pub elapsed_ms: u64,
+    /// Why the filter let the request through untouched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub passthrough_reason: Option<&'a str>,
+    pub attempts: Vec<AttemptView<'a>>,
+    #[serde(flatten)]
+    pub usage: Usage,
+}
+
+impl AccessRecord<'_> {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// A name segment for a stat: Envoy splits stat names on dots, and Prometheus
+/// accepts few characters, so anything else becomes `_`.
+pub fn stat_segment(name: &str) -> String {
+    let segment: String = name
+        .chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if segment.is_empty() {
+        "none".into()
+    } else {
+        segment
+    }
+}
+
+/// `ai_fallback.<metric>.route.<route>.model.<model>.<tag>.<value>`: the tag regexes
+/// in `envoy/envoy.yaml` turn the segments into Prometheus labels.
+pub fn stat_name(
+    metric: &str,
+    route: &str,
+    model: Option<&str>,
+    tag: Option<(&str, &str)>,
+) -> String {
+    let mut name = format!("ai_fallback.{metric}.route.{}", stat_segment(route));
+    if let Some(model) = model {
+        name.push_str(".model.");
+        name.push_str(&stat_segment(model));
+    }
+    if let Some((tag, value)) = tag {
+        name.push('.');
+        name.push_str(tag);
+        name.push('.');
+        name.push_str(&stat_segment(value));
+    }
+    name
+}
+
+/// Models outside the configuration count as `other`, so that a client cannot grow
+/// the number of stats by inventing model names.
+pub fn bounded_model(model: &str, known: impl Fn(&str) -> bool) -> &str {
+    if known(model) {
+        model
+    } else {
+        "other"
+    }
+}
+
+/// Whether an outcome counts as success for the time-to-success histogram.
+pub fn is_success(outcome: Outcome) -> bool {
+    matches!(outcome, Outcome::Ok | Outcome::FallbackOk)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_from_a_json_answer_and_a_stream_tail() {
+        let answer = br#"{"id":"x","choices":[],"usage":{"prompt_tokens":11,"completion_tokens":7,"total_tokens":18}}"#;
+        assert_eq!(
+            find_usage(answer),
+            Some(Usage {
+                input_tokens: Some(11),
+                output_tokens: Some(7),
+                total_tokens: Some(18)
+            })
+        );
+        let stream = b"data: {\"choices\":[],\"usage\":null}\n\ndata: {\"choices\":[],\"usage\": {\"prompt_tokens\":3,\"completion_tokens\":4,\"total_tokens\":7,\"details\":{\"a\":\"}\"}}}\n\ndata: [DONE]\n\n";
+        assert_eq!(find_usage(stream).unwrap().total_tokens, Some(7));
+        let responses_api = br#"{"usage":{"input_tokens":5,"output_tokens":6}}"#;
+        assert_eq!(find_usage(responses_api).unwrap().output_tokens, Some(6));
+        assert_eq!(find_usage(br#"{"usage":null}"#), None);
+        assert_eq!(
+            find_usage(br#"{"usage":{"prompt_tokens":1"#),
+            None,
+            "cut off"
+        );
+        assert_eq!(find_usage(b"no usage here"), None);
+    }
+
+    #[test]
+    fn stat_names_are_bounded_and_dot_free() {
+        assert_eq!(
+            stat_name(
+                "requests",
+                "openai",
+                Some("gpt-4.1+x"),
+                Some(("outcome", "ok"))
+            ),
+            "ai_fallback.requests.route.openai.model.gpt-4_1_x.outcome.ok"
+        );
+        assert_eq!(
+            stat_name("attempts_per_request", "", None, None),
+            "ai_fallback.attempts_per_request.route.none"
+        );
+        assert_eq!(bounded_model("made-up", |m| m == "a"), "other");
+        assert_eq!(bounded_model("a", |m| m == "a"), "a");
+    }
+
+    #[test]
+    fn record_json_uses_gen_ai_names() {
+        let attempt = AttemptRecord {
+            model: "a".into(),
+            status: None,
+            ..AttemptRecord::default()
+        };
+        let record = AccessRecord {
+            request_id: "id-1",
+            route: "openai",
+            rule: "default",
+            requested_model: Some("a"),
+            final_model: Some("b"),
+            outcome: Outcome::FallbackOk.name(),
+            stream: false,
+            budget_ms: None,
+            elapsed_ms: 12,
+            passthrough_reason: None,
+            attempts: vec![AttemptView::from(&attempt)],
+            usage: Usage {
+                input_tokens: Some(1),
+                output_tokens: Some(2),
+                total_tokens: Some(3),
+            },
+        };
+        let value: serde_json::Value = serde_json::from_str(&record.to_json()).unwrap();
+        assert_eq!(value["gen_ai.request.model"], "a");
+        assert_eq!(value["gen_ai.response.model"], "b");
+        assert_eq!(value["gen_ai.usage.output_tokens"], 2);
+        assert_eq!(value["attempts"][0]["status"], "timeout_or_reset");
+        assert_eq!(value["attempts"][0]["class"], "no_answer");
+        assert_eq!(value["outcome"], "fallback_ok");
+        assert!(value.get("budget_ms").is_none());
+    }
+}

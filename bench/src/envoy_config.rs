@@ -39,6 +39,12 @@ pub fn build(paths: &Paths<'_>, mock_port: u16) -> Result<Value, String> {
         .pointer("/static_resources/listeners/0/filter_chains/0/filters/0/typed_config")
         .cloned()
         .ok_or("the example has no connection manager in its first listener")?;
+    // The example's access log is left out of every arm: it costs the same with or
+    // without a filter, and the bench measures filters, not a log pipe.
+    let mut manager = manager;
+    if let Some(manager) = manager.as_object_mut() {
+        manager.remove("access_log");
+    }
     let example_filters = manager["http_filters"]
         .as_array()
         .cloned()
@@ -69,9 +75,19 @@ pub fn build(paths: &Paths<'_>, mock_port: u16) -> Result<Value, String> {
     // The ai-fallback arm: the example's filters, this build's .wasm, the bench chains.
     let mut wasm_filters = Value::Array(example_filters.clone());
     let wasm_path = paths.wasm.display().to_string();
+    // The gateway's configuration is replaced; so is the attempt role's where the
+    // example shares one configuration between both roles.
+    let mut example_plugin_config = Value::Null;
+    for_each_wasm(&mut wasm_filters, &mut |config| {
+        if config["root_id"] == "ai_fallback_gateway" {
+            example_plugin_config = config["configuration"]["value"].clone();
+        }
+    });
     for_each_wasm(&mut wasm_filters, &mut |config| {
         config["vm_config"]["code"]["local"]["filename"] = json!(wasm_path);
-        if config["root_id"] == "ai_fallback_gateway" {
+        if config["root_id"] == "ai_fallback_gateway"
+            || config["configuration"]["value"] == example_plugin_config
+        {
             config["configuration"]["value"] = json!(plugin_config());
         }
     });

@@ -599,7 +599,8 @@ pub fn write(outcome: &Outcome, out_dir: &Path, readme: &Path) -> Result<(), Str
         "## Method\n\n\
          - One Envoy, one listener per arm, one shared cluster to the project's mock upstream \
          (`mock-upstream`, which parses every body as JSON and answers from its `model`). \
-         Every listener is the example `envoy/envoy.yaml` connection manager; only the filters differ. \
+         Every listener is the example `envoy/envoy.yaml` connection manager (without its \
+         access log, which would cost every arm the same); only the filters differ. \
          Arms: *direct* (oha to the mock, no Envoy); *router* (the router alone, no upstream \
          filters); *no-op wasm* (an empty proxy-wasm filter before the router and in its \
          upstream filters, where ai-fallback's two roles go); *ai-fallback* (the example's \

@@ -35,18 +35,10 @@ pub const RETRY_HEADER: &str = "x-ai-fallback-retry";
 /// milliseconds. It can shorten the configured budget, never lengthen it.
 pub const DEADLINE_HEADER: &str = "x-ai-fallback-timeout-ms";
 
-/// Headers for Envoy and the filter alone. The router removes the ones it reads; the
-/// attempt role removes all of them again, so no provider sees them.
-pub const ROUTER_CONTROL_HEADERS: [&str; 8] = [
-    "x-envoy-retry-on",
-    "x-envoy-max-retries",
-    "x-envoy-retriable-status-codes",
-    "x-envoy-retriable-header-names",
-    "x-envoy-upstream-rq-timeout-ms",
-    "x-envoy-upstream-rq-per-try-timeout-ms",
-    ATTEMPT_COUNT_HEADER,
-    DEADLINE_HEADER,
-];
+/// Request headers for Envoy and the filter alone that the router leaves in place
+/// (it removes the retry and timeout headers it reads): the attempt role removes
+/// them, so no provider sees them.
+pub const HEADERS_FOR_ENVOY_ONLY: [&str; 2] = [ATTEMPT_COUNT_HEADER, DEADLINE_HEADER];
 
 const PLAN_VERSION: &str = "v3";
 
@@ -260,6 +252,12 @@ pub struct AttemptRecord {
     /// A short, bounded excerpt of the provider's error message.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_excerpt: Option<String>,
+    /// The stream ended early after content began (an SSE error event was added).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+    /// Not started: too little of the budget was left.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub refused_for_budget: bool,
 }
 
 impl AttemptRecord {

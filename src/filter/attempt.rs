@@ -2,7 +2,7 @@
 //! the buffered request. It writes that attempt's model into the body, reads the
 //! answer, and asks the router for the next attempt when another model may succeed.
 
-use super::{host, Prepared, BUDGET_REFUSED_PROPERTY};
+use super::{host, Prepared};
 use crate::body::rewritten_prefix;
 use crate::classify::{
     classify_body, classify_headers, marks_stream_end, truncation_event, BodyKind, BodyVerdict,
@@ -10,17 +10,14 @@ use crate::classify::{
 };
 use crate::outcome::provider_message;
 use crate::plan::{
-    attempt_property, AttemptRecord, Plan, Step, ATTEMPT_COUNT_HEADER, PLAN_PROPERTY, RETRY_HEADER,
-    ROUTER_CONTROL_HEADERS,
+    attempt_property, AttemptRecord, Plan, Step, ATTEMPT_COUNT_HEADER, HEADERS_FOR_ENVOY_ONLY,
+    PLAN_PROPERTY, RETRY_HEADER,
 };
 use log::{debug, warn};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::ops::Range;
 use std::rc::Rc;
-
-/// Filter state name set when a stream ended early after content began.
-pub const TRUNCATED_PROPERTY: &str = "ai_fallback.truncated";
 
 /// Longest end marker looked for across chunk boundaries (`response.completed`).
 const END_MARKER_TAIL: usize = 24;
@@ -144,7 +141,10 @@ impl Attempt {
     /// Ends the request at once: too little of the budget is left for an attempt.
     fn refuse_for_budget(&mut self, remaining_ms: u64) -> Action {
         debug!("#{} {remaining_ms} ms left: no further attempt", self.id);
-        let _ = host::set_property(BUDGET_REFUSED_PROPERTY, b"1");
+        if let Some(planned) = &mut self.planned {
+            planned.record.refused_for_budget = true;
+        }
+        self.write_record();
         // The gateway replaces this with the full error; it is a fallback only.
         let body = crate::reply::openai_error(
             "the request's time budget ran out",
@@ -182,7 +182,9 @@ impl Attempt {
                     self.id
                 );
             }
-            let _ = host::set_property(TRUNCATED_PROPERTY, b"1");
+            if let Some(planned) = &mut self.planned {
+                planned.record.truncated = true;
+            }
         }
         if end_of_stream {
             self.response = Response::Idle;
@@ -197,9 +199,10 @@ impl HttpContext for Attempt {
         let attempt = host::request_header(ATTEMPT_COUNT_HEADER)
             .and_then(|count| count.parse::<u32>().ok())
             .unwrap_or(1);
-        // The router has read its control headers by now; providers must not see them.
-        // Removing is idempotent, which matters: attempts share one header map.
-        for name in ROUTER_CONTROL_HEADERS {
+        // The router removed the control headers it read; providers must not see
+        // these either. Removing is idempotent, which matters: attempts share one
+        // header map.
+        for name in HEADERS_FOR_ENVOY_ONLY {
             if let Err(status) = host::set_request_header(name, None) {
                 warn!("#{} cannot remove {name} ({status:?})", self.id);
             }
@@ -209,15 +212,6 @@ impl HttpContext for Attempt {
             return Action::Continue;
         };
         let now = host::now_ms();
-        let min_attempt_ms = self
-            .prepared
-            .config
-            .settings(plan.rule)
-            .budget
-            .min_attempt_ms;
-        if let Some(remaining) = plan.remaining_ms(now).filter(|ms| *ms < min_attempt_ms) {
-            return self.refuse_for_budget(remaining);
-        }
         let step = Attempt::step_for(&plan, attempt);
         let literal = plan.literal(step).map(str::to_string);
         let sent_literal = literal
@@ -232,36 +226,40 @@ impl HttpContext for Attempt {
             start_ms: now,
             ..AttemptRecord::default()
         };
-        let rewrite = match (literal, end_of_stream) {
-            (Some(literal), false) => {
-                // Computed from the original length, not the header, which an earlier
-                // attempt may already have changed.
-                let length = plan.rewritten_len(&literal).to_string();
-                match host::set_request_header("content-length", Some(&length)) {
-                    Ok(()) => {
-                        debug!("#{} attempt {attempt} sends model {literal}", self.id);
-                        Some(Rewrite {
-                            model_span: plan.model_span.clone(),
-                            literal,
-                        })
-                    }
-                    Err(status) => {
-                        warn!(
-                            "#{} cannot set content-length ({status:?}); not rewriting",
-                            self.id
-                        );
-                        None
-                    }
-                }
-            }
-            _ => None,
-        };
-        self.pending_rewrite = rewrite;
+        let min_attempt_ms = self
+            .prepared
+            .config
+            .settings(plan.rule)
+            .budget
+            .min_attempt_ms;
+        let too_late = plan.remaining_ms(now).filter(|ms| *ms < min_attempt_ms);
+        let model_span = plan.model_span.clone();
+        let rewritten_len = literal.as_deref().map(|l| plan.rewritten_len(l));
         self.planned = Some(Planned {
             plan,
             attempt,
             record,
         });
+        if let Some(remaining) = too_late {
+            return self.refuse_for_budget(remaining);
+        }
+        if let (Some(literal), Some(length), false) = (literal, rewritten_len, end_of_stream) {
+            // Computed from the original length, not the header, which an earlier
+            // attempt may already have changed.
+            match host::set_request_header("content-length", Some(&length.to_string())) {
+                Ok(()) => {
+                    debug!("#{} attempt {attempt} sends model {literal}", self.id);
+                    self.pending_rewrite = Some(Rewrite {
+                        model_span,
+                        literal,
+                    });
+                }
+                Err(status) => warn!(
+                    "#{} cannot set content-length ({status:?}); not rewriting",
+                    self.id
+                ),
+            }
+        }
         self.write_record();
         Action::Continue
     }

@@ -1,8 +1,7 @@
 //! The gateway role: runs once per client request, before the router. It plans the
 //! fallbacks from the body, and on the way back decides how the request ended.
 
-use super::attempt::TRUNCATED_PROPERTY;
-use super::{host, Prepared, BUDGET_REFUSED_PROPERTY};
+use super::{host, Prepared};
 use crate::access::{
     self, find_usage, AccessRecord, AttemptView, Usage, ATTEMPTS_PROPERTY, FINAL_MODEL_PROPERTY,
     OUTCOME_PROPERTY, RECORD_PROPERTY, USAGE_TAIL_BYTES,
@@ -205,7 +204,7 @@ impl Gateway {
             None if self.plan.is_some() => (Outcome::Exhausted, &no_records),
             None => (Outcome::Passthrough, &no_records),
         };
-        if host::property(TRUNCATED_PROPERTY).is_some() {
+        if records.iter().any(|record| record.truncated) {
             outcome = Outcome::Truncated;
         }
         let requested = self
@@ -394,12 +393,16 @@ impl HttpContext for Gateway {
         if let Err(status) = host::set_response_header(RETRY_HEADER, None) {
             warn!("#{} cannot remove {RETRY_HEADER} ({status:?})", self.id);
         }
-        let records = Gateway::attempt_records(plan);
+        let mut records = Gateway::attempt_records(plan);
+        // An attempt refused for lack of time never reached a provider.
+        let budget_refused = records.last().is_some_and(|r| r.refused_for_budget);
+        if budget_refused {
+            records.pop();
+        }
         let status = host::response_header(":status")
             .and_then(|s| s.parse::<u16>().ok())
             .unwrap_or(0);
         let details = host::property_text(vec!["response", "code_details"]).unwrap_or_default();
-        let budget_refused = host::property(BUDGET_REFUSED_PROPERTY).is_some();
         let source = Source::from_details(&details, budget_refused);
         let outcome = outcome(&records, source, status);
         let answered_by = records.last().map(|record| record.model.clone());

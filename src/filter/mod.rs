@@ -94,9 +94,6 @@ impl Prepared {
     }
 }
 
-/// Filter state set by the attempt role when it refused an attempt for lack of time.
-pub const BUDGET_REFUSED_PROPERTY: &str = "ai_fallback.budget_refused";
-
 #[derive(Default)]
 struct Root {
     prepared: Option<Rc<Prepared>>,

@@ -84,9 +84,16 @@ struct Results<'a> {
 }
 
 impl Results<'_> {
+    /// An arm's figures; for an arm that never reads the body, measured with `model`
+    /// first only, the model-first figures serve for both positions.
     fn get(&self, size: usize, position: Position, arm: &str) -> Option<Agg> {
         let key = ARMS.iter().find(|a| a.key == arm)?.key;
-        self.aggs.get(&(size, position, key)).copied()
+        self.aggs.get(&(size, position, key)).copied().or_else(|| {
+            crate::POSITION_BLIND
+                .contains(&key)
+                .then(|| self.aggs.get(&(size, Position::First, key)).copied())
+                .flatten()
+        })
     }
 
     fn first_position(&self) -> Position {
@@ -541,9 +548,14 @@ pub fn write(outcome: &Outcome, out_dir: &Path, readme: &Path) -> Result<(), Str
     );
     let _ = writeln!(md, "## Goals (issue 6)\n\n{}", goals_table(&goals));
     for &position in &outcome.settings.positions {
+        let note = if position == Position::First {
+            ""
+        } else {
+            "The direct and no-op rows are the model-first runs: those arms never read the body.\n\n"
+        };
         let _ = writeln!(
             md,
-            "## Every arm against router-only, model {}\n\n{}",
+            "## Every arm against router-only, model {}\n\n{note}{}",
             position.name(),
             arms_table(&r, position, &HAPPY_ARMS)
         );

@@ -137,8 +137,24 @@ pub struct AccessRecord<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub passthrough_reason: Option<&'a str>,
     pub attempts: Vec<AttemptView<'a>>,
+    /// Models left out because they were cooling down.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<SkippedView<'a>>,
     #[serde(flatten)]
     pub usage: Usage,
+}
+
+/// A model left out of a request's chain.
+#[derive(Debug, Serialize)]
+pub struct SkippedView<'a> {
+    pub model: &'a str,
+    /// "cooling_down: <class of the failures that started it>".
+    #[serde(serialize_with = "cooling_reason")]
+    pub reason: &'a str,
+}
+
+fn cooling_reason<S: serde::Serializer>(reason: &&str, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&format!("cooling_down: {reason}"))
 }
 
 impl AccessRecord<'_> {
@@ -271,6 +287,10 @@ mod tests {
             elapsed_ms: 12,
             passthrough_reason: None,
             attempts: vec![AttemptView::from(&attempt)],
+            skipped: vec![SkippedView {
+                model: "c",
+                reason: "no_capacity",
+            }],
             usage: Usage {
                 input_tokens: Some(1),
                 output_tokens: Some(2),
@@ -285,5 +305,6 @@ mod tests {
         assert_eq!(value["attempts"][0]["class"], "no_answer");
         assert_eq!(value["outcome"], "fallback_ok");
         assert!(value.get("budget_ms").is_none());
+        assert_eq!(value["skipped"][0]["reason"], "cooling_down: no_capacity");
     }
 }

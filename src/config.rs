@@ -4,6 +4,7 @@
 //! that every error names the exact field it is about (`chains["gpt-4o"][1]`), which
 //! serde's derive cannot do without another dependency.
 
+use crate::cooldown::{CooldownSettings, MAX_FAILURES};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -64,7 +65,7 @@ pub const MAX_INSPECT_MAX_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_MIN_ATTEMPT_MS: u64 = 100;
 
 /// Every settings field, for the error on an unknown one.
-const FIELDS: [&str; 21] = [
+const FIELDS: [&str; 24] = [
     "role",
     "rules",
     "chains",
@@ -86,6 +87,9 @@ const FIELDS: [&str; 21] = [
     "first_byte_timeout_ms",
     "min_attempt_ms",
     "response_headers",
+    "cooldown_failures",
+    "cooldown_window_ms",
+    "cooldown_ms",
 ];
 
 /// One validated configuration.
@@ -181,6 +185,8 @@ pub struct Settings {
     /// `response_headers`: tell the client which model answered and after how many
     /// attempts (`x-ai-fallback-model`, `x-ai-fallback-attempts`). Default true.
     pub response_headers: bool,
+    /// Skipping models that are failing right now (off unless `cooldown_failures` > 0).
+    pub cooldown: CooldownSettings,
 }
 
 /// The classification settings, read by the attempt role on every answer.
@@ -246,6 +252,7 @@ impl Default for Settings {
                 ..Budget::default()
             },
             response_headers: true,
+            cooldown: CooldownSettings::default(),
         }
     }
 }
@@ -420,6 +427,11 @@ impl Settings {
             }
             "min_attempt_ms" => self.budget.min_attempt_ms = parse_millis_or_zero(field, value)?,
             "response_headers" => self.response_headers = parse_bool(field, value)?,
+            "cooldown_failures" => {
+                self.cooldown.failures = parse_size(field, value, 0, MAX_FAILURES as usize)? as u32
+            }
+            "cooldown_window_ms" => self.cooldown.window_ms = parse_millis(field, value)?,
+            "cooldown_ms" => self.cooldown.duration_ms = parse_millis(field, value)?,
             _ => {
                 return Err(error(
                     field,
@@ -807,6 +819,9 @@ mod tests {
             (r#"{"first_byte_timeout_ms":-1}"#, "first_byte_timeout_ms"),
             (r#"{"min_attempt_ms":100000000}"#, "min_attempt_ms"),
             (r#"{"response_headers":"on"}"#, "response_headers"),
+            (r#"{"cooldown_failures":33}"#, "cooldown_failures"),
+            (r#"{"cooldown_window_ms":0}"#, "cooldown_window_ms"),
+            (r#"{"cooldown_ms":true}"#, "cooldown_ms"),
             (r#"{"rules":{}}"#, "rules"),
             (r#"{"rules":[1]}"#, "rules[0]"),
             (r#"{"rules":[{"match":{}}]}"#, "rules[0].name"),

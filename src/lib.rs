@@ -8,6 +8,7 @@ pub mod access;
 pub mod body;
 pub mod classify;
 pub mod config;
+pub mod cooldown;
 pub mod outcome;
 pub mod plan;
 pub mod reply;

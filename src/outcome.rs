@@ -258,6 +258,7 @@ mod tests {
             rule: 0,
             started_ms: 1000,
             budget_ms,
+            rewrite_first: false,
         }
     }
 

@@ -9,7 +9,7 @@
 
 use crate::body::{self, ScanError};
 use crate::classify::{Class, RequestFacts};
-use crate::config::{ChainEntry, Settings};
+use crate::config::Settings;
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
 
@@ -40,7 +40,7 @@ pub const DEADLINE_HEADER: &str = "x-ai-fallback-timeout-ms";
 /// them, so no provider sees them.
 pub const HEADERS_FOR_ENVOY_ONLY: [&str; 2] = [ATTEMPT_COUNT_HEADER, DEADLINE_HEADER];
 
-const PLAN_VERSION: &str = "v3";
+const PLAN_VERSION: &str = "v4";
 
 /// One request's fallback plan.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,6 +62,9 @@ pub struct Plan {
     pub started_ms: u64,
     /// The time budget after the client's deadline header, if any.
     pub budget_ms: Option<u64>,
+    /// The first attempt sends another model than the client asked for (the
+    /// requested one is cooling down).
+    pub rewrite_first: bool,
 }
 
 /// Which model an attempt sends: a position in the chain or in the context chain.
@@ -82,7 +85,7 @@ impl Plan {
     /// Plain text, one item per line; a JSON string literal never holds a raw newline.
     pub fn encode(&self) -> String {
         let mut text = format!(
-            "{PLAN_VERSION} {} {} {} {} {} {} {} {}",
+            "{PLAN_VERSION} {} {} {} {} {} {} {} {} {}",
             self.body_len,
             self.model_span.start,
             self.model_span.end,
@@ -91,6 +94,7 @@ impl Plan {
             self.rule,
             self.started_ms,
             self.budget_ms.unwrap_or(0),
+            self.rewrite_first as u8,
         );
         for literal in self.chain.iter().chain(&self.context_chain) {
             text.push('\n');
@@ -117,6 +121,7 @@ impl Plan {
             number()?,
             number()?,
         );
+        let rewrite_first = number()? == 1;
         let size = |n: u64| usize::try_from(n).ok();
         let (body_len, start, end, chain_len, rule) = (
             size(body_len)?,
@@ -142,6 +147,7 @@ impl Plan {
             rule,
             started_ms,
             budget_ms: (budget_ms != 0).then_some(budget_ms),
+            rewrite_first,
         })
     }
 
@@ -171,10 +177,10 @@ impl Plan {
         }
     }
 
-    /// The model literal a step sends, or `None` for the first step, which sends the
+    /// The model literal a step sends, or `None` for the first step when it sends the
     /// body as the client wrote it.
     pub fn literal(&self, step: Step) -> Option<&str> {
-        if step == Step::FIRST {
+        if step == Step::FIRST && !self.rewrite_first {
             return None;
         }
         let chain = self.chain_of(step);
@@ -301,7 +307,15 @@ pub struct RequestStart {
 }
 
 /// Decides what to do with a request body the gateway has buffered completely.
-pub fn decide(settings: &Settings, start: RequestStart, body_bytes: &[u8]) -> BodyDecision {
+/// `usable` says whether a model may be tried now (it is not cooling down); models
+/// that may not are left out of the chain, unless none may: then all are tried, in
+/// order, rather than failing a request the filter itself would have refused.
+pub fn decide(
+    settings: &Settings,
+    start: RequestStart,
+    body_bytes: &[u8],
+    usable: &mut dyn FnMut(&str) -> bool,
+) -> BodyDecision {
     let top = match body::scan(body_bytes) {
         Ok(top) => top,
         Err(ScanError::NotAnObject) => {
@@ -327,15 +341,32 @@ pub fn decide(settings: &Settings, start: RequestStart, body_bytes: &[u8]) -> Bo
         .get(span.clone())
         .map(|raw| String::from_utf8_lossy(raw).into_owned())
         .unwrap_or_else(|| body::model_literal(&requested));
-    let literals = |entries: &[ChainEntry]| -> Vec<String> {
-        entries
+    let mut models: Vec<&str> = vec![&requested];
+    models.extend(
+        fallbacks
             .iter()
-            .filter(|entry| entry.model != requested)
-            .map(|entry| body::model_literal(&entry.model))
-            .collect()
+            .map(|entry| entry.model.as_str())
+            .filter(|model| *model != requested),
+    );
+    let healthy: Vec<&str> = models
+        .iter()
+        .copied()
+        .filter(|model| usable(model))
+        .collect();
+    let chosen = if healthy.is_empty() { models } else { healthy };
+    let literal_of = |model: &str| {
+        if model == requested {
+            requested_literal.clone()
+        } else {
+            body::model_literal(model)
+        }
     };
-    let mut chain = vec![requested_literal];
-    chain.extend(literals(fallbacks));
+    let chain: Vec<String> = chosen.iter().map(|model| literal_of(model)).collect();
+    let context_chain = context_chain
+        .iter()
+        .filter(|entry| entry.model != requested)
+        .map(|entry| body::model_literal(&entry.model))
+        .collect();
     let budget_ms = match (settings.budget.total_ms, start.client_deadline_ms) {
         (Some(budget), Some(deadline)) => Some(budget.min(deadline)),
         (budget, deadline) => budget.or(deadline),
@@ -344,8 +375,9 @@ pub fn decide(settings: &Settings, start: RequestStart, body_bytes: &[u8]) -> Bo
         body_len: body_bytes.len(),
         model_span: span,
         stream: top.stream,
+        rewrite_first: chosen.first().is_some_and(|first| *first != requested),
         chain,
-        context_chain: literals(context_chain),
+        context_chain,
         rule: start.rule,
         started_ms: start.started_ms,
         budget_ms,
@@ -430,7 +462,7 @@ mod tests {
     };
 
     fn plan_of(body: &str) -> Plan {
-        match decide(&settings(), START, body.as_bytes()) {
+        match decide(&settings(), START, body.as_bytes(), &mut |_| true) {
             BodyDecision::Fallback(plan) => plan,
             other => panic!("expected a plan, got {other:?}"),
         }
@@ -486,6 +518,29 @@ mod tests {
     }
 
     #[test]
+    fn cooling_models_are_left_out_unless_all_are() {
+        let skip_a = |model: &str| model != "a";
+        let plan = match decide(&settings(), START, br#"{"model":"a"}"#, &mut { skip_a }) {
+            BodyDecision::Fallback(plan) => plan,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(plan.chain, ["\"b\"", "\"c\""]);
+        assert!(plan.rewrite_first);
+        assert_eq!(plan.literal(Step::FIRST), Some("\"b\""));
+        assert_eq!(Plan::decode(plan.encode().as_bytes()), Some(plan));
+        let plan = match decide(&settings(), START, br#"{"model":"a"}"#, &mut |_| false) {
+            BodyDecision::Fallback(plan) => plan,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            plan.chain,
+            ["\"a\"", "\"b\"", "\"c\""],
+            "all cooling: all tried"
+        );
+        assert!(!plan.rewrite_first);
+    }
+
+    #[test]
     fn a_context_chain_alone_makes_a_plan() {
         let plan = plan_of(r#"{"model":"k"}"#);
         assert_eq!(plan.chain, ["\"k\""]);
@@ -511,7 +566,7 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    decide(&settings(), START, body.as_bytes()),
+                    decide(&settings(), START, body.as_bytes(), &mut |_| true),
                     BodyDecision::Passthrough(_)
                 ),
                 "{body}"
@@ -529,7 +584,8 @@ mod tests {
             "v3 x 0 1 0 1 0 0 0\n\"a\"",
             "v3 5 0 1 0 2 0 0 0\n\"a\"",
             "v3 5 0 1 0 0 0 0 0",
-            "v3 5 0 1 0 1 0 0\n\"a\"",
+            "v3 5 0 1 0 1 0 0 0\n\"a\"",
+            "v4 5 0 1 0 1 0 0 0\n\"a\"",
         ] {
             assert_eq!(Plan::decode(text.as_bytes()), None, "{text}");
         }
@@ -568,10 +624,11 @@ mod tests {
             client_deadline_ms: Some(60_000),
             ..START
         };
-        let budget_with = |start| match decide(&settings(), start, br#"{"model":"a"}"#) {
-            BodyDecision::Fallback(plan) => plan.budget_ms,
-            other => panic!("{other:?}"),
-        };
+        let budget_with =
+            |start| match decide(&settings(), start, br#"{"model":"a"}"#, &mut |_| true) {
+                BodyDecision::Fallback(plan) => plan.budget_ms,
+                other => panic!("{other:?}"),
+            };
         assert_eq!(budget_with(shorter), Some(700));
         assert_eq!(
             budget_with(longer),

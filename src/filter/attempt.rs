@@ -2,12 +2,13 @@
 //! the buffered request. It writes that attempt's model into the body, reads the
 //! answer, and asks the router for the next attempt when another model may succeed.
 
-use super::{host, Prepared};
+use super::{health, host, Prepared};
 use crate::body::rewritten_prefix;
 use crate::classify::{
     classify_body, classify_headers, marks_stream_end, truncation_event, BodyKind, BodyVerdict,
     Class, HeaderVerdict,
 };
+use crate::cooldown::retry_after_ms;
 use crate::outcome::provider_message;
 use crate::plan::{
     attempt_property, AttemptRecord, Plan, Step, ATTEMPT_COUNT_HEADER, HEADERS_FOR_ENVOY_ONLY,
@@ -68,14 +69,20 @@ impl Attempt {
     }
 
     /// The step this attempt takes: after the previous attempt's, as its answer says.
-    fn step_for(plan: &Plan, attempt: u32) -> Step {
+    fn step_for(&self, plan: &Plan, attempt: u32) -> Step {
         if attempt <= 1 {
             return Step::FIRST;
         }
         let previous = host::property(&attempt_property(attempt - 1))
             .and_then(|bytes| AttemptRecord::decode(&bytes));
         match previous {
-            Some(record) => plan.next_step(record.step(), record.class()),
+            Some(record) => {
+                if record.class.is_none() {
+                    // No answer came: a timeout or a reset, which the router retried.
+                    self.note_health(plan, &record.model, Class::FailureStatus, None, "no_answer");
+                }
+                plan.next_step(record.step(), record.class())
+            }
             // Without a record (it could not be written) go on down the chain.
             None => Step {
                 in_context_chain: false,
@@ -101,7 +108,43 @@ impl Attempt {
 
     /// Records the answer and, when another model may succeed, marks it for the
     /// router to retry. The last model's answer goes to the client as it came.
+    /// Tells the shared model health about an answer (when cooldowns are on).
+    fn note_health(
+        &self,
+        plan: &Plan,
+        model: &str,
+        class: Class,
+        retry_after: Option<&str>,
+        reason: &str,
+    ) {
+        let cooldown = &self.prepared.config.settings(plan.rule).cooldown;
+        if cooldown.failures == 0 {
+            return;
+        }
+        let now = host::now_ms();
+        match class {
+            // A too long prompt or a client error says nothing about the model.
+            Class::ContextLength | Class::Final => {}
+            Class::Success => health::record_success(&self.prepared, model, now),
+            _ => {
+                let retry_after = retry_after.and_then(retry_after_ms);
+                health::record_failure(&self.prepared, cooldown, model, now, retry_after, reason);
+            }
+        }
+    }
+
     fn conclude(&mut self, class: Class, excerpt: Option<String>) {
+        if let Some(planned) = &self.planned {
+            let record = &planned.record;
+            let retry_after = record.retry_after.as_deref();
+            self.note_health(
+                &planned.plan,
+                &record.model,
+                class,
+                retry_after,
+                class.name(),
+            );
+        }
         let Some(planned) = &mut self.planned else {
             return;
         };
@@ -212,7 +255,7 @@ impl HttpContext for Attempt {
             return Action::Continue;
         };
         let now = host::now_ms();
-        let step = Attempt::step_for(&plan, attempt);
+        let step = self.step_for(&plan, attempt);
         let literal = plan.literal(step).map(str::to_string);
         let sent_literal = literal
             .as_deref()

@@ -1,10 +1,10 @@
 //! The gateway role: runs once per client request, before the router. It plans the
 //! fallbacks from the body, and on the way back decides how the request ended.
 
-use super::{host, Prepared};
+use super::{health, host, Prepared};
 use crate::access::{
-    self, find_usage, AccessRecord, AttemptView, Usage, ATTEMPTS_PROPERTY, FINAL_MODEL_PROPERTY,
-    OUTCOME_PROPERTY, RECORD_PROPERTY, USAGE_TAIL_BYTES,
+    self, find_usage, AccessRecord, AttemptView, SkippedView, Usage, ATTEMPTS_PROPERTY,
+    FINAL_MODEL_PROPERTY, OUTCOME_PROPERTY, RECORD_PROPERTY, USAGE_TAIL_BYTES,
 };
 use crate::config::{RouteFacts, Settings};
 use crate::outcome::{outcome, provider_message, shaped_error, Outcome, Source};
@@ -40,6 +40,8 @@ pub struct Gateway {
     usage_tail: Vec<u8>,
     /// The access record and stats are written once.
     recorded: bool,
+    /// Models left out of the chain because they are cooling down, and why.
+    skipped: Vec<(String, String)>,
 }
 
 struct Finished {
@@ -62,6 +64,7 @@ impl Gateway {
             passthrough_reason: None,
             usage_tail: Vec::new(),
             recorded: false,
+            skipped: Vec::new(),
         }
     }
 
@@ -115,7 +118,22 @@ impl Gateway {
             );
             return Action::Continue;
         };
-        let plan = match decide(self.settings(), start, &body) {
+        let cooldowns_on = self.settings().cooldown.failures > 0;
+        let mut skipped: Vec<(String, String)> = Vec::new();
+        let mut usable = |model: &str| {
+            if !cooldowns_on {
+                return true;
+            }
+            match health::usable(model, start.started_ms) {
+                Ok(()) => true,
+                Err(reason) => {
+                    skipped.push((model.to_string(), reason));
+                    false
+                }
+            }
+        };
+        let decision = decide(self.settings(), start, &body, &mut usable);
+        let plan = match decision {
             BodyDecision::Passthrough(reason) => {
                 debug!("#{} passthrough: {reason}", self.id);
                 self.passthrough_reason = Some(reason);
@@ -143,6 +161,12 @@ impl Gateway {
             self.id,
             plan.max_retries()
         );
+        // When every model was cooling, all are tried: none was skipped after all.
+        skipped.retain(|(model, _)| {
+            let literal = crate::body::model_literal(model);
+            !plan.chain.contains(&literal)
+        });
+        self.skipped = skipped;
         self.plan = Some(plan);
         Action::Continue
     }
@@ -227,6 +251,11 @@ impl Gateway {
             elapsed_ms,
             passthrough_reason: self.passthrough_reason,
             attempts: records.iter().map(AttemptView::from).collect(),
+            skipped: self
+                .skipped
+                .iter()
+                .map(|(model, reason)| SkippedView { model, reason })
+                .collect(),
             usage,
         };
         let properties = [
@@ -283,6 +312,10 @@ impl Gateway {
             &name("fallbacks_total", route, Some(&requested), None),
             fallbacks,
         );
+        for (model, _) in &self.skipped {
+            let stat = name("skipped_total", route, Some(&bounded(model)), None);
+            prepared.count(&stat, 1);
+        }
         if outcome == Outcome::BudgetExceeded {
             prepared.count(&name("budget_exhausted_total", route, None, None), 1);
         }

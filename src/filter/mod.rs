@@ -3,6 +3,7 @@
 
 mod attempt;
 mod gateway;
+mod health;
 mod host;
 
 use crate::config::{Config, Role};
@@ -58,7 +59,7 @@ impl Prepared {
         }
     }
 
-    fn metric(&self, metric_type: MetricType, name: &str) -> Option<u32> {
+    pub fn metric(&self, metric_type: MetricType, name: &str) -> Option<u32> {
         if let Some(id) = self.metrics.borrow().get(name) {
             return Some(*id);
         }

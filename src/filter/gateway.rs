@@ -99,10 +99,14 @@ impl Gateway {
         self.buffering = false;
         let limit = self.settings().max_body_bytes;
         debug!("#{} body over {limit} bytes: 413", self.id);
-        if let Err(status) = host::send_json(413, &reply::body_too_large(limit)) {
-            warn!("#{} cannot send the 413 answer: {status:?}", self.id);
+        match host::send_json(413, &reply::body_too_large(limit)) {
+            Ok(()) => Action::Pause,
+            Err(status) => {
+                // Never hold a request that no answer will end.
+                warn!("#{} cannot send the 413 answer: {status:?}", self.id);
+                Action::Continue
+            }
         }
-        Action::Pause
     }
 
     /// The whole body is buffered: plan the fallbacks and let the request go on.
@@ -183,9 +187,11 @@ impl Gateway {
 
     /// Replaces the answer with the shaped error, once the provider's message (if
     /// any) was read from `final_body`.
-    fn send_shaped_error(&mut self, final_body: &[u8]) {
+    /// Returns the action for the held answer: paused when the error replaced it,
+    /// let go otherwise, so that an answer is never held with nothing to end it.
+    fn send_shaped_error(&mut self, final_body: &[u8]) -> Action {
         let (Some(plan), Some(finished)) = (&self.plan, &mut self.finished) else {
-            return;
+            return Action::Continue;
         };
         if let Some(last) = finished.records.last_mut() {
             if last.error_excerpt.is_none() {
@@ -200,12 +206,18 @@ impl Gateway {
             finished.status,
             now,
         );
-        if let Some(shaped) = shaped {
-            finished.status = u16::try_from(shaped.status).unwrap_or(finished.status);
-            // Recorded first: the reply goes straight to the client, past this filter.
-            self.write_record();
-            if let Err(status) = host::send_json(shaped.status, &shaped.body) {
+        let Some(shaped) = shaped else {
+            return Action::Continue;
+        };
+        finished.status = u16::try_from(shaped.status).unwrap_or(finished.status);
+        // Recorded first: the reply may end the stream, access log included, before
+        // this call returns.
+        self.write_record();
+        match host::send_json(shaped.status, &shaped.body) {
+            Ok(()) => Action::Pause,
+            Err(status) => {
                 warn!("#{} cannot send the final error ({status:?})", self.id);
+                Action::Continue
             }
         }
     }
@@ -448,10 +460,9 @@ impl HttpContext for Gateway {
         if matches!(outcome, Outcome::Exhausted | Outcome::BudgetExceeded) {
             debug!("#{} {}: replacing the answer", self.id, outcome.name());
             if end_of_stream {
-                self.send_shaped_error(&[]);
-            } else {
-                self.replacing_answer = true;
+                return self.send_shaped_error(&[]);
             }
+            self.replacing_answer = true;
             return Action::Pause;
         }
         if self.settings().response_headers {
@@ -483,8 +494,7 @@ impl HttpContext for Gateway {
         self.replacing_answer = false;
         let read = body_size.min(ERROR_EXCERPT_READ_BYTES);
         let final_body = host::response_body(0, read).unwrap_or_default();
-        self.send_shaped_error(&final_body);
-        Action::Pause
+        self.send_shaped_error(&final_body)
     }
 
     fn on_log(&mut self) {

@@ -106,8 +106,6 @@ impl Attempt {
         }
     }
 
-    /// Records the answer and, when another model may succeed, marks it for the
-    /// router to retry. The last model's answer goes to the client as it came.
     /// Tells the shared model health about an answer (when cooldowns are on).
     fn note_health(
         &self,
@@ -133,6 +131,8 @@ impl Attempt {
         }
     }
 
+    /// Records the answer and, when another model may succeed, marks it for the
+    /// router to retry. The last model's answer goes to the client as it came.
     fn conclude(&mut self, class: Class, excerpt: Option<String>) {
         if let Some(planned) = &self.planned {
             let record = &planned.record;

@@ -99,3 +99,11 @@ fuzz: $(CARGO_FUZZ) ## fuzz body scanner, plan, config, classifier for FUZZ_SECO
 # cargo-fuzz, built from crates.io into .tools on first use.
 $(CARGO_FUZZ):
 	cargo install --locked --root .tools cargo-fuzz
+
+SOAK_REQUESTS    ?= 50000
+SOAK_CONCURRENCY ?= 32
+.PHONY: soak
+
+soak: build ## fault soak: SOAK_REQUESTS (50000) at SOAK_CONCURRENCY (32) through Envoy to a randomly failing mock
+	cargo build --release -p soak
+	target/release/soak --requests $(SOAK_REQUESTS) --concurrency $(SOAK_CONCURRENCY)

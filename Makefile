@@ -10,7 +10,7 @@ WASM          := target/wasm32-wasip1/release/ai_fallback.wasm
 MOCK_BIN      := target/release/mock-upstream
 export ENVOY_BIN
 
-.PHONY: help setup build run test lint unit integration bench clean docker-images docker-test image
+.PHONY: help setup build run test lint unit integration bench clean docker-images docker-test image validate-manifests
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -87,6 +87,9 @@ docker-test: docker-images ## the client scenarios against Envoy and the mock in
 
 image: build ## the filter as a one-layer Wasm OCI image (/plugin.wasm), checked with docker save
 	deploy/docker/build-plugin-image.sh
+
+validate-manifests: setup ## the Kubernetes manifests under deploy/ against their CRD schemas (part of make test)
+	cargo test -p ai-fallback --test deploy
 
 # Reliability (issue 7): fuzzing and the fault soak, neither part of `make test`.
 FUZZ_SECONDS ?= 60

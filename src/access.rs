@@ -81,6 +81,8 @@ pub fn find_usage(tail: &[u8]) -> Option<Usage> {
 pub struct AttemptView<'a> {
     pub model: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<&'a str>,
@@ -99,6 +101,7 @@ impl<'a> From<&'a AttemptRecord> for AttemptView<'a> {
     fn from(record: &'a AttemptRecord) -> Self {
         AttemptView {
             model: &record.model,
+            provider: record.provider.as_deref(),
             cluster: record.cluster.as_deref(),
             host: record.host.as_deref(),
             status: record

@@ -65,7 +65,7 @@ pub const MAX_INSPECT_MAX_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_MIN_ATTEMPT_MS: u64 = 100;
 
 /// Every settings field, for the error on an unknown one.
-const FIELDS: [&str; 24] = [
+const FIELDS: [&str; 25] = [
     "role",
     "rules",
     "chains",
@@ -90,6 +90,7 @@ const FIELDS: [&str; 24] = [
     "cooldown_failures",
     "cooldown_window_ms",
     "cooldown_ms",
+    "providers",
 ];
 
 /// One validated configuration.
@@ -187,6 +188,8 @@ pub struct Settings {
     pub response_headers: bool,
     /// Skipping models that are failing right now (off unless `cooldown_failures` > 0).
     pub cooldown: CooldownSettings,
+    /// `providers`: name -> provider, for chain entries that name one.
+    pub providers: BTreeMap<String, Provider>,
 }
 
 /// The classification settings, read by the attempt role on every answer.
@@ -229,11 +232,26 @@ impl Default for Classes {
 }
 
 /// One step of a fallback chain. Written in JSON as a model name, or as an object
-/// `{"model": "..."}` so that later settings (such as a provider) fit beside it.
+/// `{"model": "...", "provider": "..."}`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChainEntry {
-    /// The model name written into the request body for this step.
+    /// The model name written into the request body for this step: the name the
+    /// provider knows the model by.
     pub model: String,
+    /// The provider (a key of `providers`) that serves it under that name; `None`:
+    /// whichever cluster the route sends the attempt to.
+    pub provider: Option<String>,
+}
+
+/// `providers.<name>`: where a chain entry's model is served.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Provider {
+    /// `cluster`: the Envoy cluster of this provider (default: the provider's name).
+    /// The route's `priority_group` cluster specifier sends each attempt to it.
+    pub cluster: String,
+    /// `base_path`: the provider's API root, replacing the request path's `/v1`
+    /// (`"/api/v1"` sends `/v1/chat/completions` as `/api/v1/chat/completions`).
+    pub base_path: Option<String>,
 }
 
 impl Default for Settings {
@@ -253,6 +271,7 @@ impl Default for Settings {
             },
             response_headers: true,
             cooldown: CooldownSettings::default(),
+            providers: BTreeMap::new(),
         }
     }
 }
@@ -304,6 +323,7 @@ impl Config {
                 _ => config.defaults.set(name, value, name)?,
             }
         }
+        config.defaults.check_providers("")?;
         if let Some(rules) = fields.get("rules") {
             config.rules = parse_rules(rules, &config.defaults)?;
         }
@@ -432,6 +452,7 @@ impl Settings {
             }
             "cooldown_window_ms" => self.cooldown.window_ms = parse_millis(field, value)?,
             "cooldown_ms" => self.cooldown.duration_ms = parse_millis(field, value)?,
+            "providers" => self.providers = parse_providers(field, value)?,
             _ => {
                 return Err(error(
                     field,
@@ -545,32 +566,141 @@ fn parse_chain(field: &str, value: &Value) -> Result<Vec<ChainEntry>, ConfigErro
 }
 
 fn parse_chain_entry(field: &str, value: &Value) -> Result<ChainEntry, ConfigError> {
-    let model = match value {
-        Value::String(model) => model.clone(),
+    let (model, provider) = match value {
+        Value::String(model) => (model.clone(), None),
         Value::Object(entry) => {
             let mut model = None;
+            let mut provider = None;
             for (name, value) in entry {
+                let text = || {
+                    value
+                        .as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| error(format!("{field}.{name}"), "must be a string"))
+                };
                 match name.as_str() {
-                    "model" => model = value.as_str().map(str::to_string),
+                    "model" => model = Some(text()?),
+                    "provider" => provider = Some(text()?),
                     other => {
                         return Err(error(
                             format!("{field}.{other}"),
-                            "unknown field; expected model",
+                            "unknown field; expected model, provider",
                         ))
                     }
                 }
             }
-            model.ok_or_else(|| error(format!("{field}.model"), "must be a string"))?
+            let model = model.ok_or_else(|| error(format!("{field}.model"), "is required"))?;
+            (model, provider)
         }
         _ => {
             return Err(error(
                 field,
-                "must be a model name or an object {\"model\": ...}",
+                "must be a model name or an object {\"model\": ..., \"provider\": ...}",
             ))
         }
     };
     check_model_name(field, &model)?;
-    Ok(ChainEntry { model })
+    Ok(ChainEntry { model, provider })
+}
+
+fn parse_providers(field: &str, value: &Value) -> Result<BTreeMap<String, Provider>, ConfigError> {
+    let Value::Object(providers) = value else {
+        return Err(error(
+            field,
+            "must be an object mapping a provider name to its settings",
+        ));
+    };
+    let mut parsed = BTreeMap::new();
+    for (name, settings) in providers {
+        let prefix = format!("{field}.{name}");
+        let valid_name = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        if !valid_name {
+            return Err(error(
+                prefix,
+                "a provider name is 1-64 letters, digits, '_', '.' or '-'",
+            ));
+        }
+        let Value::Object(fields) = settings else {
+            return Err(error(prefix, "must be an object"));
+        };
+        let mut provider = Provider {
+            cluster: name.clone(),
+            base_path: None,
+        };
+        for (key, value) in fields {
+            let text = value.as_str().filter(|s| !s.is_empty());
+            match (key.as_str(), text) {
+                ("cluster", Some(cluster)) => provider.cluster = cluster.to_string(),
+                ("base_path", Some(path)) if path.starts_with('/') && !path.contains('?') => {
+                    provider.base_path = Some(path.trim_end_matches('/').to_string())
+                }
+                ("cluster" | "base_path", _) => {
+                    return Err(error(
+                        format!("{prefix}.{key}"),
+                        "must be a non-empty string (a base_path starts with '/')",
+                    ))
+                }
+                _ => {
+                    return Err(error(
+                        format!("{prefix}.{key}"),
+                        "unknown field; expected cluster, base_path",
+                    ))
+                }
+            }
+        }
+        parsed.insert(name.clone(), provider);
+    }
+    Ok(parsed)
+}
+
+impl Settings {
+    /// Every chain entry that names a provider names a configured one.
+    fn check_providers(&self, prefix: &str) -> Result<(), ConfigError> {
+        let named = |(requested, chain): (&String, &Vec<ChainEntry>), field: &str| {
+            chain.iter().enumerate().find_map(|(index, entry)| {
+                let provider = entry.provider.as_ref()?;
+                (!self.providers.contains_key(provider)).then(|| {
+                    error(
+                        format!("{prefix}{field}[{requested:?}][{index}].provider"),
+                        format!("names {provider:?}, which is not in providers"),
+                    )
+                })
+            })
+        };
+        let unknown = self
+            .chains
+            .iter()
+            .find_map(|chain| named(chain, "chains"))
+            .or_else(|| {
+                self.context_chains
+                    .iter()
+                    .find_map(|c| named(c, "context_chains"))
+            });
+        let default_unknown = [
+            ("default_chain", &self.default_chain),
+            ("default_context_chain", &self.default_context_chain),
+        ]
+        .into_iter()
+        .find_map(|(field, chain)| {
+            chain.iter().enumerate().find_map(|(index, entry)| {
+                let provider = entry.provider.as_ref()?;
+                (!self.providers.contains_key(provider)).then(|| {
+                    error(
+                        format!("{prefix}{field}[{index}].provider"),
+                        format!("names {provider:?}, which is not in providers"),
+                    )
+                })
+            })
+        });
+        match unknown.or(default_unknown) {
+            Some(problem) => Err(problem),
+            None => Ok(()),
+        }
+    }
 }
 
 fn check_model_name(field: &str, model: &str) -> Result<(), ConfigError> {
@@ -647,6 +777,7 @@ fn parse_rules(value: &Value, defaults: &Settings) -> Result<Vec<Rule>, ConfigEr
         if rule.name.is_empty() {
             return Err(error(format!("{prefix}.name"), "is required"));
         }
+        rule.settings.check_providers(&format!("{prefix}."))?;
         if rules.iter().any(|other| other.name == rule.name) {
             return Err(error(
                 format!("{prefix}.name"),
@@ -822,6 +953,36 @@ mod tests {
             (r#"{"cooldown_failures":33}"#, "cooldown_failures"),
             (r#"{"cooldown_window_ms":0}"#, "cooldown_window_ms"),
             (r#"{"cooldown_ms":true}"#, "cooldown_ms"),
+            (r#"{"providers":[]}"#, "providers"),
+            (r#"{"providers":{"a b":{}}}"#, "providers.a b"),
+            (
+                r#"{"providers":{"a":{"cluster":""}}}"#,
+                "providers.a.cluster",
+            ),
+            (
+                r#"{"providers":{"a":{"base_path":"api"}}}"#,
+                "providers.a.base_path",
+            ),
+            (
+                r#"{"providers":{"a":{"region":"eu"}}}"#,
+                "providers.a.region",
+            ),
+            (
+                r#"{"chains":{"m":[{"model":"x","provider":"nope"}]}}"#,
+                r#"chains["m"][0].provider"#,
+            ),
+            (
+                r#"{"default_chain":[{"model":"x","provider":"nope"}]}"#,
+                "default_chain[0].provider",
+            ),
+            (
+                r#"{"chains":{"m":[{"model":"x","provider":1}]}}"#,
+                r#"chains["m"][0].provider"#,
+            ),
+            (
+                r#"{"rules":[{"name":"r","chains":{"m":[{"model":"x","provider":"p"}]}}]}"#,
+                r#"rules[0].chains["m"][0].provider"#,
+            ),
             (r#"{"rules":{}}"#, "rules"),
             (r#"{"rules":[1]}"#, "rules[0]"),
             (r#"{"rules":[{"match":{}}]}"#, "rules[0].name"),
@@ -945,6 +1106,23 @@ mod tests {
         assert_eq!(config.settings(99), &config.defaults);
         assert_eq!(config.rule_name(0), "default");
         assert_eq!(config.all_settings().count(), 4);
+    }
+
+    #[test]
+    fn providers_are_parsed_and_referenced() {
+        let config = parse(
+            r#"{"chains":{"m":[{"model":"their-m","provider":"b"}]},
+                "providers":{"b":{"base_path":"/api/v1/"},"c":{"cluster":"c_cluster"}}}"#,
+        )
+        .unwrap();
+        let settings = &config.defaults;
+        assert_eq!(settings.chain_for("m")[0].provider.as_deref(), Some("b"));
+        assert_eq!(settings.providers["b"].cluster, "b");
+        assert_eq!(
+            settings.providers["b"].base_path.as_deref(),
+            Some("/api/v1")
+        );
+        assert_eq!(settings.providers["c"].cluster, "c_cluster");
     }
 
     #[test]

@@ -165,6 +165,15 @@ impl ModelHealth {
     }
 }
 
+/// The shared-data identity of a model: the same model at two providers fails
+/// independently.
+pub fn health_key(model: &str, provider: Option<&str>) -> String {
+    match provider {
+        Some(provider) => format!("{model}@{provider}"),
+        None => model.to_string(),
+    }
+}
+
 /// `Retry-After` as milliseconds: delay-seconds only (an HTTP date is rare from
 /// model providers and needs a clock parse this filter does without).
 pub fn retry_after_ms(value: &str) -> Option<u64> {

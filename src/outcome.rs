@@ -259,6 +259,9 @@ mod tests {
             started_ms: 1000,
             budget_ms,
             rewrite_first: false,
+            chain_providers: vec![None, None],
+            context_providers: vec![],
+            path: None,
         }
     }
 

@@ -9,7 +9,8 @@
 
 use crate::body::{self, ScanError};
 use crate::classify::{Class, RequestFacts};
-use crate::config::Settings;
+use crate::config::{ChainEntry, Settings};
+use crate::cooldown::health_key;
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
 
@@ -40,7 +41,7 @@ pub const DEADLINE_HEADER: &str = "x-ai-fallback-timeout-ms";
 /// them, so no provider sees them.
 pub const HEADERS_FOR_ENVOY_ONLY: [&str; 2] = [ATTEMPT_COUNT_HEADER, DEADLINE_HEADER];
 
-const PLAN_VERSION: &str = "v4";
+const PLAN_VERSION: &str = "v5";
 
 /// One request's fallback plan.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,6 +66,13 @@ pub struct Plan {
     /// The first attempt sends another model than the client asked for (the
     /// requested one is cooling down).
     pub rewrite_first: bool,
+    /// The provider of each chain entry (`None`: the route's cluster decides).
+    pub chain_providers: Vec<Option<String>>,
+    /// The provider of each context chain entry.
+    pub context_providers: Vec<Option<String>>,
+    /// The request's path, kept when an entry names a provider: each attempt writes
+    /// its provider's path from it (attempts share one header map).
+    pub path: Option<String>,
 }
 
 /// Which model an attempt sends: a position in the chain or in the context chain.
@@ -85,7 +93,7 @@ impl Plan {
     /// Plain text, one item per line; a JSON string literal never holds a raw newline.
     pub fn encode(&self) -> String {
         let mut text = format!(
-            "{PLAN_VERSION} {} {} {} {} {} {} {} {} {}",
+            "{PLAN_VERSION} {} {} {} {} {} {} {} {} {} {}",
             self.body_len,
             self.model_span.start,
             self.model_span.end,
@@ -95,9 +103,17 @@ impl Plan {
             self.started_ms,
             self.budget_ms.unwrap_or(0),
             self.rewrite_first as u8,
+            self.path.as_deref().unwrap_or("-"),
         );
-        for literal in self.chain.iter().chain(&self.context_chain) {
+        let literals = self.chain.iter().chain(&self.context_chain);
+        let providers = self.chain_providers.iter().chain(&self.context_providers);
+        for (literal, provider) in literals.zip(providers) {
             text.push('\n');
+            // A JSON string literal never holds a raw tab or newline.
+            if let Some(provider) = provider {
+                text.push_str(provider);
+                text.push('\t');
+            }
             text.push_str(literal);
         }
         text
@@ -122,6 +138,7 @@ impl Plan {
             number()?,
         );
         let rewrite_first = number()? == 1;
+        let path = head.next().filter(|p| *p != "-").map(str::to_string);
         let size = |n: u64| usize::try_from(n).ok();
         let (body_len, start, end, chain_len, rule) = (
             size(body_len)?,
@@ -133,11 +150,17 @@ impl Plan {
         if start >= end || end > body_len || chain_len == 0 {
             return None;
         }
-        let mut chain: Vec<String> = lines.map(str::to_string).collect();
+        let (mut chain, mut chain_providers): (Vec<String>, Vec<Option<String>>) = lines
+            .map(|line| match line.split_once('\t') {
+                Some((provider, literal)) => (literal.to_string(), Some(provider.to_string())),
+                None => (line.to_string(), None),
+            })
+            .unzip();
         if chain.len() < chain_len {
             return None;
         }
         let context_chain = chain.split_off(chain_len);
+        let context_providers = chain_providers.split_off(chain_len);
         Some(Plan {
             body_len,
             model_span: start..end,
@@ -148,6 +171,9 @@ impl Plan {
             started_ms,
             budget_ms: (budget_ms != 0).then_some(budget_ms),
             rewrite_first,
+            chain_providers,
+            context_providers,
+            path,
         })
     }
 
@@ -155,6 +181,19 @@ impl Plan {
     pub fn remaining_ms(&self, now_ms: u64) -> Option<u64> {
         let elapsed = now_ms.saturating_sub(self.started_ms);
         self.budget_ms.map(|budget| budget.saturating_sub(elapsed))
+    }
+
+    /// The provider a step's model is served by, if its entry names one.
+    pub fn provider(&self, step: Step) -> Option<&str> {
+        let providers = if step.in_context_chain {
+            &self.context_providers
+        } else {
+            &self.chain_providers
+        };
+        providers
+            .get(step.index)
+            .or_else(|| providers.last())
+            .and_then(|provider| provider.as_deref())
     }
 
     /// The most retries this plan can use.
@@ -232,6 +271,9 @@ impl Plan {
 pub struct AttemptRecord {
     /// The model this attempt sent.
     pub model: String,
+    /// The provider it went to, when its chain entry names one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
     /// Its step: in the context chain or not, and the index there.
     pub context_chain: bool,
     pub index: usize,
@@ -313,6 +355,7 @@ pub struct RequestStart {
 pub fn decide(
     settings: &Settings,
     start: RequestStart,
+    path: &str,
     body_bytes: &[u8],
     usable: &mut dyn FnMut(&str) -> bool,
 ) -> BodyDecision {
@@ -341,19 +384,23 @@ pub fn decide(
         .get(span.clone())
         .map(|raw| String::from_utf8_lossy(raw).into_owned())
         .unwrap_or_else(|| body::model_literal(&requested));
-    let mut models: Vec<&str> = vec![&requested];
-    models.extend(
+    let requested_entry = ChainEntry {
+        model: requested.clone(),
+        provider: None,
+    };
+    // The same model at another provider is a fallback of its own.
+    let mut entries: Vec<&ChainEntry> = vec![&requested_entry];
+    entries.extend(
         fallbacks
             .iter()
-            .map(|entry| entry.model.as_str())
-            .filter(|model| *model != requested),
+            .filter(|entry| entry.model != requested || entry.provider.is_some()),
     );
-    let healthy: Vec<&str> = models
+    let healthy: Vec<&ChainEntry> = entries
         .iter()
         .copied()
-        .filter(|model| usable(model))
+        .filter(|entry| usable(&health_key(&entry.model, entry.provider.as_deref())))
         .collect();
-    let chosen = if healthy.is_empty() { models } else { healthy };
+    let chosen = if healthy.is_empty() { entries } else { healthy };
     let literal_of = |model: &str| {
         if model == requested {
             requested_literal.clone()
@@ -361,12 +408,24 @@ pub fn decide(
             body::model_literal(model)
         }
     };
-    let chain: Vec<String> = chosen.iter().map(|model| literal_of(model)).collect();
-    let context_chain = context_chain
+    let chain: Vec<String> = chosen
         .iter()
-        .filter(|entry| entry.model != requested)
-        .map(|entry| body::model_literal(&entry.model))
+        .map(|entry| literal_of(&entry.model))
         .collect();
+    let chain_providers: Vec<Option<String>> =
+        chosen.iter().map(|entry| entry.provider.clone()).collect();
+    let context_entries: Vec<&ChainEntry> = context_chain
+        .iter()
+        .filter(|entry| entry.model != requested || entry.provider.is_some())
+        .collect();
+    let context_providers: Vec<Option<String>> = context_entries
+        .iter()
+        .map(|entry| entry.provider.clone())
+        .collect();
+    let uses_providers = chain_providers
+        .iter()
+        .chain(&context_providers)
+        .any(Option::is_some);
     let budget_ms = match (settings.budget.total_ms, start.client_deadline_ms) {
         (Some(budget), Some(deadline)) => Some(budget.min(deadline)),
         (budget, deadline) => budget.or(deadline),
@@ -375,9 +434,15 @@ pub fn decide(
         body_len: body_bytes.len(),
         model_span: span,
         stream: top.stream,
-        rewrite_first: chosen.first().is_some_and(|first| *first != requested),
+        rewrite_first: chosen.first().is_some_and(|first| first.model != requested),
         chain,
-        context_chain,
+        context_chain: context_entries
+            .iter()
+            .map(|entry| body::model_literal(&entry.model))
+            .collect(),
+        chain_providers,
+        context_providers,
+        path: uses_providers.then(|| path.to_string()),
         rule: start.rule,
         started_ms: start.started_ms,
         budget_ms,
@@ -462,7 +527,13 @@ mod tests {
     };
 
     fn plan_of(body: &str) -> Plan {
-        match decide(&settings(), START, body.as_bytes(), &mut |_| true) {
+        match decide(
+            &settings(),
+            START,
+            "/v1/chat/completions",
+            body.as_bytes(),
+            &mut |_| true,
+        ) {
             BodyDecision::Fallback(plan) => plan,
             other => panic!("expected a plan, got {other:?}"),
         }
@@ -520,7 +591,9 @@ mod tests {
     #[test]
     fn cooling_models_are_left_out_unless_all_are() {
         let skip_a = |model: &str| model != "a";
-        let plan = match decide(&settings(), START, br#"{"model":"a"}"#, &mut { skip_a }) {
+        let plan = match decide(&settings(), START, "/p", br#"{"model":"a"}"#, &mut {
+            skip_a
+        }) {
             BodyDecision::Fallback(plan) => plan,
             other => panic!("{other:?}"),
         };
@@ -528,7 +601,9 @@ mod tests {
         assert!(plan.rewrite_first);
         assert_eq!(plan.literal(Step::FIRST), Some("\"b\""));
         assert_eq!(Plan::decode(plan.encode().as_bytes()), Some(plan));
-        let plan = match decide(&settings(), START, br#"{"model":"a"}"#, &mut |_| false) {
+        let plan = match decide(&settings(), START, "/p", br#"{"model":"a"}"#, &mut |_| {
+            false
+        }) {
             BodyDecision::Fallback(plan) => plan,
             other => panic!("{other:?}"),
         };
@@ -538,6 +613,38 @@ mod tests {
             "all cooling: all tried"
         );
         assert!(!plan.rewrite_first);
+    }
+
+    #[test]
+    fn providers_travel_with_their_entries() {
+        let settings = Config::parse(
+            br#"{"chains":{"a":["b",{"model":"a","provider":"p2"},{"model":"their b","provider":"p2"}]},
+                 "providers":{"p2":{}}}"#,
+        )
+        .unwrap()
+        .defaults;
+        let body = br#"{"model":"a"}"#;
+        let plan = match decide(&settings, START, "/v1/chat/completions", body, &mut |_| {
+            true
+        }) {
+            BodyDecision::Fallback(plan) => plan,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(plan.chain, ["\"a\"", "\"b\"", "\"a\"", "\"their b\""]);
+        assert_eq!(
+            plan.chain_providers,
+            [None, None, Some("p2".into()), Some("p2".into())]
+        );
+        assert_eq!(plan.path.as_deref(), Some("/v1/chat/completions"));
+        assert_eq!(
+            plan.provider(Step {
+                in_context_chain: false,
+                index: 3
+            }),
+            Some("p2")
+        );
+        assert_eq!(plan.provider(Step::FIRST), None);
+        assert_eq!(Plan::decode(plan.encode().as_bytes()), Some(plan));
     }
 
     #[test]
@@ -566,7 +673,13 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    decide(&settings(), START, body.as_bytes(), &mut |_| true),
+                    decide(
+                        &settings(),
+                        START,
+                        "/v1/chat/completions",
+                        body.as_bytes(),
+                        &mut |_| true
+                    ),
                     BodyDecision::Passthrough(_)
                 ),
                 "{body}"
@@ -586,6 +699,7 @@ mod tests {
             "v3 5 0 1 0 0 0 0 0",
             "v3 5 0 1 0 1 0 0 0\n\"a\"",
             "v4 5 0 1 0 1 0 0 0\n\"a\"",
+            "v5 5 0 1 0 2 0 0 0 0 -\n\"a\"",
         ] {
             assert_eq!(Plan::decode(text.as_bytes()), None, "{text}");
         }
@@ -625,7 +739,7 @@ mod tests {
             ..START
         };
         let budget_with =
-            |start| match decide(&settings(), start, br#"{"model":"a"}"#, &mut |_| true) {
+            |start| match decide(&settings(), start, "/p", br#"{"model":"a"}"#, &mut |_| true) {
                 BodyDecision::Fallback(plan) => plan.budget_ms,
                 other => panic!("{other:?}"),
             };

@@ -8,7 +8,7 @@ use crate::classify::{
     classify_body, classify_headers, marks_stream_end, truncation_event, BodyKind, BodyVerdict,
     Class, HeaderVerdict,
 };
-use crate::cooldown::retry_after_ms;
+use crate::cooldown::{health_key, retry_after_ms};
 use crate::outcome::provider_message;
 use crate::plan::{
     attempt_property, AttemptRecord, Plan, Step, ATTEMPT_COUNT_HEADER, HEADERS_FOR_ENVOY_ONLY,
@@ -79,7 +79,8 @@ impl Attempt {
             Some(record) => {
                 if record.class.is_none() {
                     // No answer came: a timeout or a reset, which the router retried.
-                    self.note_health(plan, &record.model, Class::FailureStatus, None, "no_answer");
+                    let key = health_key(&record.model, record.provider.as_deref());
+                    self.note_health(plan, &key, Class::FailureStatus, None, "no_answer");
                 }
                 plan.next_step(record.step(), record.class())
             }
@@ -104,6 +105,56 @@ impl Attempt {
                 self.id, planned.attempt
             );
         }
+    }
+
+    /// For a chain that names providers: the step whose provider is the cluster the
+    /// route sends this attempt to (the route's priority groups follow the chain, but
+    /// a skipped model can shift the chain), its provider, and the path it expects.
+    /// Without providers, the step as it is.
+    fn provider_step(&self, plan: &Plan, step: Step) -> (Step, Option<String>, Option<String>) {
+        let Some(original_path) = &plan.path else {
+            return (step, None, None);
+        };
+        let settings = self.prepared.config.settings(plan.rule);
+        let cluster_of = |step: Step| {
+            plan.provider(step)
+                .and_then(|name| settings.providers.get(name))
+                .map(|provider| provider.cluster.as_str())
+        };
+        let cluster = host::property_text(vec!["xds", "cluster_name"]);
+        let aligned = match (cluster.as_deref(), cluster_of(step)) {
+            (Some(cluster), Some(expected)) if cluster != expected => {
+                let chain_len = if step.in_context_chain {
+                    plan.context_chain.len()
+                } else {
+                    plan.chain.len()
+                };
+                let later = (step.index..chain_len)
+                    .map(|index| Step { index, ..step })
+                    .find(|candidate| cluster_of(*candidate) == Some(cluster));
+                if later.is_none() {
+                    warn!(
+                        "#{} attempt goes to cluster {cluster}, but the chain expects {expected}: \
+                         the route's priority groups and the chain disagree",
+                        self.id
+                    );
+                }
+                later.unwrap_or(step)
+            }
+            _ => step,
+        };
+        let provider = plan.provider(aligned);
+        let base_path = provider
+            .and_then(|name| settings.providers.get(name))
+            .and_then(|provider| provider.base_path.as_deref());
+        let path = match base_path {
+            Some(base) => {
+                let rest = original_path.strip_prefix("/v1").unwrap_or(original_path);
+                format!("{base}{rest}")
+            }
+            None => original_path.clone(),
+        };
+        (aligned, provider.map(str::to_string), Some(path))
     }
 
     /// Tells the shared model health about an answer (when cooldowns are on).
@@ -137,13 +188,8 @@ impl Attempt {
         if let Some(planned) = &self.planned {
             let record = &planned.record;
             let retry_after = record.retry_after.as_deref();
-            self.note_health(
-                &planned.plan,
-                &record.model,
-                class,
-                retry_after,
-                class.name(),
-            );
+            let key = health_key(&record.model, record.provider.as_deref());
+            self.note_health(&planned.plan, &key, class, retry_after, class.name());
         }
         let Some(planned) = &mut self.planned else {
             return;
@@ -256,6 +302,16 @@ impl HttpContext for Attempt {
         };
         let now = host::now_ms();
         let step = self.step_for(&plan, attempt);
+        let (step, provider, path) = self.provider_step(&plan, step);
+        if let Some(path) = path {
+            // Each provider takes its own key, injected by Envoy on its cluster: the
+            // client's never goes to a provider it was not meant for.
+            for (name, value) in [(":path", Some(path.as_str())), ("authorization", None)] {
+                if let Err(status) = host::set_request_header(name, value) {
+                    warn!("#{} cannot set {name} ({status:?})", self.id);
+                }
+            }
+        }
         let literal = plan.literal(step).map(str::to_string);
         let sent_literal = literal
             .as_deref()
@@ -264,6 +320,7 @@ impl HttpContext for Attempt {
             model: sent_literal
                 .and_then(|l| serde_json::from_str::<String>(l).ok())
                 .unwrap_or_default(),
+            provider,
             context_chain: step.in_context_chain,
             index: step.index,
             start_ms: now,

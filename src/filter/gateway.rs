@@ -7,6 +7,7 @@ use crate::access::{
     FINAL_MODEL_PROPERTY, OUTCOME_PROPERTY, RECORD_PROPERTY, USAGE_TAIL_BYTES,
 };
 use crate::config::{RouteFacts, Settings};
+use crate::cooldown::health_key;
 use crate::outcome::{outcome, provider_message, shaped_error, Outcome, Source};
 use crate::plan::{
     attempt_property, decide, AttemptRecord, BodyDecision, Plan, RequestStart, DEADLINE_HEADER,
@@ -42,6 +43,8 @@ pub struct Gateway {
     recorded: bool,
     /// Models left out of the chain because they are cooling down, and why.
     skipped: Vec<(String, String)>,
+    /// The request's path, for providers with their own API root.
+    path: String,
 }
 
 struct Finished {
@@ -65,6 +68,7 @@ impl Gateway {
             usage_tail: Vec::new(),
             recorded: false,
             skipped: Vec::new(),
+            path: String::new(),
         }
     }
 
@@ -136,7 +140,7 @@ impl Gateway {
                 }
             }
         };
-        let decision = decide(self.settings(), start, &body, &mut usable);
+        let decision = decide(self.settings(), start, &self.path, &body, &mut usable);
         let plan = match decision {
             BodyDecision::Passthrough(reason) => {
                 debug!("#{} passthrough: {reason}", self.id);
@@ -166,10 +170,16 @@ impl Gateway {
             plan.max_retries()
         );
         // When every model was cooling, all are tried: none was skipped after all.
-        skipped.retain(|(model, _)| {
-            let literal = crate::body::model_literal(model);
-            !plan.chain.contains(&literal)
-        });
+        let in_chain: Vec<String> = plan
+            .chain
+            .iter()
+            .zip(&plan.chain_providers)
+            .map(|(literal, provider)| {
+                let model = serde_json::from_str::<String>(literal).unwrap_or_default();
+                health_key(&model, provider.as_deref())
+            })
+            .collect();
+        skipped.retain(|(key, _)| !in_chain.contains(key));
         self.skipped = skipped;
         self.plan = Some(plan);
         Action::Continue
@@ -389,6 +399,7 @@ impl HttpContext for Gateway {
         if declared_len.is_some_and(|len| len > settings.max_body_bytes) {
             return self.reject_too_large();
         }
+        self.path = path;
         let client_deadline_ms = host::request_header(DEADLINE_HEADER)
             .and_then(|ms| ms.trim().parse::<u64>().ok())
             .filter(|ms| *ms > 0);

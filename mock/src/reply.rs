@@ -25,12 +25,18 @@ pub(crate) enum Endpoint {
 
 impl Endpoint {
     /// The endpoint for a request path (query excluded), if it is one the mock scripts.
+    /// The endpoint of a path under any API root that ends in `/v1`
+    /// (`/v1/chat/completions`, `/api/v1/chat/completions`, ...), as providers differ.
     pub fn from_path(path: &str) -> Option<Endpoint> {
-        Some(match path {
-            "/v1/chat/completions" => Endpoint::ChatCompletions,
-            "/v1/completions" => Endpoint::Completions,
-            "/v1/responses" => Endpoint::Responses,
-            "/v1/embeddings" => Endpoint::Embeddings,
+        let (root, endpoint) = path.rsplit_once("/v1/")?;
+        if !(root.is_empty() || root.starts_with('/')) {
+            return None;
+        }
+        Some(match endpoint {
+            "chat/completions" => Endpoint::ChatCompletions,
+            "completions" => Endpoint::Completions,
+            "responses" => Endpoint::Responses,
+            "embeddings" => Endpoint::Embeddings,
             _ => return None,
         })
     }

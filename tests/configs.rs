@@ -39,8 +39,9 @@ fn every_shipped_envoy_config_validates() {
     for path in configs {
         let output = Command::new(envoy_bin())
             .current_dir(repo_root())
-            // envoy-provider-tls.yaml reads the provider's key from the environment.
+            // The provider examples read their keys from the environment.
             .env("OPENAI_API_KEY", "placeholder-for-validation")
+            .env("OPENROUTER_API_KEY", "placeholder-for-validation")
             .args(["--mode", "validate", "-c"])
             .arg(&path)
             .output()

@@ -85,7 +85,11 @@ fuzz_target!(|data: &[u8]| {
         started_ms: 1_700_000_000_000,
         client_deadline_ms: data.first().map(|b| u64::from(*b) * 100),
     };
-    if let BodyDecision::Fallback(plan) = decide(config.settings(0), start, data) {
+    // Models alternate between cooling and not, as the input's bytes say.
+    let mut cooling = data.iter().map(|b| b & 1 == 1).cycle();
+    let mut usable = |_: &str| !cooling.next().unwrap_or(false);
+    let path = "/v1/chat/completions";
+    if let BodyDecision::Fallback(plan) = decide(config.settings(0), start, path, data, &mut usable) {
         assert!(plan.model_span.end <= data.len());
         assert_eq!(plan.body_len, data.len());
         assert_eq!(Plan::decode(plan.encode().as_bytes()), Some(plan.clone()));

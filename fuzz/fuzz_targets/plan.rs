@@ -85,14 +85,12 @@ fuzz_target!(|data: &[u8]| {
         started_ms: 1_700_000_000_000,
         client_deadline_ms: data.first().map(|b| u64::from(*b) * 100),
     };
-    // Which models are cooling down, from the input too: the chain leaves them out.
-    let cooling = data.last().copied().unwrap_or(0);
-    let mut asked = 0u32;
-    let mut usable = |_: &str| {
-        asked += 1;
-        (cooling >> (asked % 8)) & 1 == 0
-    };
-    if let BodyDecision::Fallback(plan) = decide(config.settings(0), start, data, &mut usable) {
+    // Models alternate between cooling and not, as the input's bytes say.
+    let mut cooling = data.iter().map(|b| b & 1 == 1).cycle();
+    let mut usable = |_: &str| !cooling.next().unwrap_or(false);
+    let path = "/v1/chat/completions";
+    if let BodyDecision::Fallback(plan) = decide(config.settings(0), start, path, data, &mut usable)
+    {
         assert!(!plan.chain.is_empty());
         assert!(plan.model_span.end <= data.len());
         assert_eq!(plan.body_len, data.len());

@@ -105,8 +105,9 @@ $(CARGO_FUZZ):
 
 SOAK_REQUESTS    ?= 50000
 SOAK_CONCURRENCY ?= 32
+SOAK_ARGS        ?=
 .PHONY: soak
 
 soak: build ## fault soak: SOAK_REQUESTS (50000) at SOAK_CONCURRENCY (32) through Envoy to a randomly failing mock
 	cargo build --release -p soak
-	target/release/soak --requests $(SOAK_REQUESTS) --concurrency $(SOAK_CONCURRENCY)
+	target/release/soak --requests $(SOAK_REQUESTS) --concurrency $(SOAK_CONCURRENCY) $(SOAK_ARGS)

@@ -48,10 +48,17 @@ pub enum Expected {
     CutStream(String),
     /// Every model failed; the last one this way.
     Exhausted(ChaosFailure),
+    /// With cooldowns, which models are tried depends on the requests before: any
+    /// answer their order allows (see `matches`).
+    AnyOrder,
+}
+
+fn models_of(route: &Route) -> impl Iterator<Item = &'static str> {
+    std::iter::once(route.model).chain(route.chain.iter().copied())
 }
 
 pub fn predict(seed: u64, route: &Route, stream: bool) -> Expected {
-    let models = std::iter::once(route.model).chain(route.chain.iter().copied());
+    let models = models_of(route);
     let mut last = None;
     for model in models {
         let failure = chaos_percent(model).and_then(|percent| chaos_draw(seed, model, percent));
@@ -75,6 +82,7 @@ impl Expected {
             Expected::Exhausted(ChaosFailure::Status(_)) => "exhausted (status)",
             Expected::Exhausted(ChaosFailure::Timeout) => "exhausted (timeout)",
             Expected::Exhausted(_) => "exhausted (no answer)",
+            Expected::AnyOrder => "an answer some order of the chain gives",
         }
     }
 
@@ -84,8 +92,24 @@ impl Expected {
         matches!(self, Expected::Success(_))
     }
 
-    pub fn matches(&self, got: &Got) -> bool {
+    /// With cooldowns: the chain has a model that never fails, and no stream broke
+    /// before the request got there.
+    pub fn has_a_healthy_model(&self, route: &Route, got: &Got) -> bool {
+        *self == Expected::AnyOrder
+            && models_of(route).any(|model| chaos_percent(model).is_none())
+            && !matches!(got, Got::CutStream { .. })
+    }
+
+    pub fn matches(&self, got: &Got, route: &Route) -> bool {
         match (self, got) {
+            (Expected::AnyOrder, Got::Success { model }) => models_of(route).any(|m| m == model),
+            (Expected::AnyOrder, Got::CutStream { model }) => {
+                models_of(route).any(|m| m == model && chaos_percent(m).is_some())
+            }
+            (Expected::AnyOrder, Got::JsonError { code, .. }) => {
+                code == "fallbacks_exhausted"
+                    && models_of(route).all(|m| chaos_percent(m).is_some())
+            }
             (
                 Expected::Success(model),
                 Got::Success {

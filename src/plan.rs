@@ -147,7 +147,8 @@ impl Plan {
             size(chain_len)?,
             size(rule)?,
         );
-        if start >= end || end > body_len || chain_len == 0 {
+        let too_long = body_len > crate::config::MAX_BODY_BYTES_LIMIT;
+        if start >= end || end > body_len || chain_len == 0 || too_long {
             return None;
         }
         let (mut chain, mut chain_providers): (Vec<String>, Vec<Option<String>>) = lines
@@ -261,7 +262,7 @@ impl Plan {
 
     /// The body length once the model value is replaced by `literal`.
     pub fn rewritten_len(&self, literal: &str) -> usize {
-        self.body_len - self.model_span.len() + literal.len()
+        (self.body_len - self.model_span.len()).saturating_add(literal.len())
     }
 }
 
@@ -349,9 +350,9 @@ pub struct RequestStart {
 }
 
 /// Decides what to do with a request body the gateway has buffered completely.
-/// `usable` says whether a model may be tried now (it is not cooling down); models
-/// that may not are left out of the chain, unless none may: then all are tried, in
-/// order, rather than failing a request the filter itself would have refused.
+/// `usable` says whether a model (its health key) may be tried now; models that may
+/// not go to the end of the chain, in order: tried only when every other failed, and
+/// all in order when none may, never failing a request the filter itself refused.
 pub fn decide(
     settings: &Settings,
     start: RequestStart,
@@ -395,12 +396,12 @@ pub fn decide(
             .iter()
             .filter(|entry| entry.model != requested || entry.provider.is_some()),
     );
-    let healthy: Vec<&ChainEntry> = entries
+    // Cooling models go last rather than away: tried only when every healthy one
+    // failed, and in order when all are cooling.
+    let (mut chosen, cooling): (Vec<&ChainEntry>, Vec<&ChainEntry>) = entries
         .iter()
-        .copied()
-        .filter(|entry| usable(&health_key(&entry.model, entry.provider.as_deref())))
-        .collect();
-    let chosen = if healthy.is_empty() { entries } else { healthy };
+        .partition(|entry| usable(&health_key(&entry.model, entry.provider.as_deref())));
+    chosen.extend(cooling);
     let literal_of = |model: &str| {
         if model == requested {
             requested_literal.clone()
@@ -589,7 +590,7 @@ mod tests {
     }
 
     #[test]
-    fn cooling_models_are_left_out_unless_all_are() {
+    fn cooling_models_go_last() {
         let skip_a = |model: &str| model != "a";
         let plan = match decide(&settings(), START, "/p", br#"{"model":"a"}"#, &mut {
             skip_a
@@ -597,7 +598,7 @@ mod tests {
             BodyDecision::Fallback(plan) => plan,
             other => panic!("{other:?}"),
         };
-        assert_eq!(plan.chain, ["\"b\"", "\"c\""]);
+        assert_eq!(plan.chain, ["\"b\"", "\"c\"", "\"a\""], "a goes last");
         assert!(plan.rewrite_first);
         assert_eq!(plan.literal(Step::FIRST), Some("\"b\""));
         assert_eq!(Plan::decode(plan.encode().as_bytes()), Some(plan));
@@ -700,6 +701,7 @@ mod tests {
             "v3 5 0 1 0 1 0 0 0\n\"a\"",
             "v4 5 0 1 0 1 0 0 0\n\"a\"",
             "v5 5 0 1 0 2 0 0 0 0 -\n\"a\"",
+            "v5 18446744073709551615 0 1 0 1 0 0 0 0 -\n\"a\"",
         ] {
             assert_eq!(Plan::decode(text.as_bytes()), None, "{text}");
         }

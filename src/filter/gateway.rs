@@ -169,17 +169,21 @@ impl Gateway {
             self.id,
             plan.max_retries()
         );
-        // When every model was cooling, all are tried: none was skipped after all.
-        let in_chain: Vec<String> = plan
-            .chain
+        // When every model was cooling, all are tried in order: none was skipped.
+        let first_key =
+            plan.chain
+                .first()
+                .zip(plan.chain_providers.first())
+                .map(|(literal, provider)| {
+                    let model = serde_json::from_str::<String>(literal).unwrap_or_default();
+                    health_key(&model, provider.as_deref())
+                });
+        if skipped
             .iter()
-            .zip(&plan.chain_providers)
-            .map(|(literal, provider)| {
-                let model = serde_json::from_str::<String>(literal).unwrap_or_default();
-                health_key(&model, provider.as_deref())
-            })
-            .collect();
-        skipped.retain(|(key, _)| !in_chain.contains(key));
+            .any(|(key, _)| Some(key) == first_key.as_ref())
+        {
+            skipped.clear();
+        }
         self.skipped = skipped;
         self.plan = Some(plan);
         Action::Continue

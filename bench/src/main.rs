@@ -135,7 +135,7 @@ pub struct Settings {
 }
 
 impl Settings {
-    fn new(quick: bool) -> Settings {
+    pub fn new(quick: bool) -> Settings {
         if quick {
             Settings {
                 quick,
@@ -229,12 +229,15 @@ struct Args {
     rewrite_json: PathBuf,
     readme: PathBuf,
     quick: bool,
+    report_only: bool,
 }
 
-const USAGE: &str = "usage: bench [--quick] [--envoy BIN] [--oha BIN] [--mock BIN] [--wasm FILE]
+const USAGE: &str =
+    "usage: bench [--quick | --report-only] [--envoy BIN] [--oha BIN] [--mock BIN] [--wasm FILE]
              [--noop-wasm FILE] [--example envoy.yaml] [--out DIR] [--rewrite-json FILE]
              [--readme README.md]
-Run from the repository root (make bench). BENCH_QUICK=1 is --quick.
+Run from the repository root (make bench). BENCH_QUICK=1 is --quick. --report-only
+writes the report again from OUT/bench.json, without measuring.
 BENCH_ENVOY_CPUS / BENCH_LOAD_CPUS choose the CPUs (taskset lists; default 0 and 1).";
 
 fn parse_args() -> Result<Args, String> {
@@ -252,6 +255,7 @@ fn parse_args() -> Result<Args, String> {
         rewrite_json: PathBuf::from("results/tmp/rewrite.json"),
         readme: PathBuf::from("README.md"),
         quick: env_quick,
+        report_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -262,6 +266,7 @@ fn parse_args() -> Result<Args, String> {
         };
         match flag.as_str() {
             "--quick" => args.quick = true,
+            "--report-only" => args.report_only = true,
             "--envoy" => args.envoy = value()?,
             "--oha" => args.oha = value()?,
             "--mock" => args.mock = value()?,
@@ -274,6 +279,9 @@ fn parse_args() -> Result<Args, String> {
             "-h" | "--help" => return Err(USAGE.to_owned()),
             _ => return Err(format!("unknown argument {flag}\n{USAGE}")),
         }
+    }
+    if args.report_only {
+        return Ok(args);
     }
     for (what, path) in [
         ("Envoy", &args.envoy),
@@ -305,13 +313,26 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(&args) {
+    let result = if args.report_only {
+        report_again(&args)
+    } else {
+        run(&args)
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("bench: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn report_again(args: &Args) -> Result<(), String> {
+    let path = args.out.join("bench.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    report::write(&report::outcome_from_json(&json)?, &args.out, &args.readme)
 }
 
 /// CPUs for Envoy and for the load (oha and the mock): one each when there are two.

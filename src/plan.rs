@@ -36,10 +36,10 @@ pub const RETRY_HEADER: &str = "x-ai-fallback-retry";
 /// milliseconds. It can shorten the configured budget, never lengthen it.
 pub const DEADLINE_HEADER: &str = "x-ai-fallback-timeout-ms";
 
-/// Request headers for Envoy and the filter alone that the router leaves in place
-/// (it removes the retry and timeout headers it reads): the attempt role removes
-/// them, so no provider sees them.
-pub const HEADERS_FOR_ENVOY_ONLY: [&str; 2] = [ATTEMPT_COUNT_HEADER, DEADLINE_HEADER];
+/// Request headers for Envoy and the filter alone that reach the attempt role (the
+/// router removes the retry and timeout headers it reads, the gateway the client's
+/// deadline): the attempt role removes them, so no provider sees them.
+pub const HEADERS_FOR_ENVOY_ONLY: [&str; 1] = [ATTEMPT_COUNT_HEADER];
 
 const PLAN_VERSION: &str = "v5";
 

@@ -196,6 +196,13 @@ impl Attempt {
         };
         planned.record.class = Some(class.name().to_string());
         planned.record.error_excerpt = excerpt;
+        // A success is the last attempt: the gateway completes its record from what
+        // it sees itself, which spares the host calls on the path every request takes.
+        let record_now = class != Class::Success;
+        if record_now {
+            planned.record.cluster = host::property_text(vec!["xds", "cluster_name"]);
+            planned.record.host = host::property_text(vec!["upstream", "address"]);
+        }
         if planned.plan.has_next(planned.record.step(), class) {
             debug!(
                 "#{} attempt {} answered {:?} ({}): next model",
@@ -224,7 +231,9 @@ impl Attempt {
         } else {
             Response::Idle
         };
-        self.write_record();
+        if record_now {
+            self.write_record();
+        }
     }
 
     /// Ends the request at once: too little of the budget is left for an attempt.
@@ -407,8 +416,6 @@ impl HttpContext for Attempt {
         record.first_byte_ms = Some(host::now_ms().saturating_sub(record.start_ms));
         record.retry_after =
             host::response_header("retry-after").filter(|value| value.len() <= RETRY_AFTER_MAX);
-        record.cluster = host::property_text(vec!["xds", "cluster_name"]);
-        record.host = host::property_text(vec!["upstream", "address"]);
         let content_type = host::response_header("content-type").unwrap_or_default();
         let facts = planned.plan.facts();
         let classes = &self.prepared.config.settings(planned.plan.rule).classes;
@@ -456,7 +463,8 @@ impl HttpContext for Attempt {
         }
         // The held part of a stream counts for its end marker too.
         self.watch_stream(body_size, end_of_stream);
-        if end_of_stream {
+        let truncated = self.planned.as_ref().is_some_and(|p| p.record.truncated);
+        if end_of_stream && truncated {
             if let Some(planned) = &mut self.planned {
                 planned.record.end_ms =
                     Some(host::now_ms().saturating_sub(planned.record.start_ms));

@@ -262,6 +262,18 @@ impl Gateway {
             .as_ref()
             .and_then(|plan| plan.chain.first())
             .and_then(|literal| serde_json::from_str::<String>(literal).ok());
+        let completed_last;
+        let records = match records.split_last() {
+            Some((last, earlier)) if last.cluster.is_none() => {
+                let mut last = last.clone();
+                last.cluster = host::property_text(vec!["xds", "cluster_name"]);
+                last.host = host::property_text(vec!["upstream", "address"]);
+                last.end_ms = Some(host::now_ms().saturating_sub(last.start_ms));
+                completed_last = earlier.iter().cloned().chain([last]).collect::<Vec<_>>();
+                &completed_last
+            }
+            _ => records,
+        };
         let final_model = records.last().map(|record| record.model.as_str());
         let usage = find_usage(&self.usage_tail).unwrap_or_default();
         let elapsed_ms = host::now_ms().saturating_sub(start.started_ms);
@@ -404,7 +416,12 @@ impl HttpContext for Gateway {
             return self.reject_too_large();
         }
         self.path = path;
-        let client_deadline_ms = host::request_header(DEADLINE_HEADER)
+        let deadline = host::request_header(DEADLINE_HEADER);
+        if deadline.is_some() {
+            // The filter's own header: no provider needs it.
+            let _ = host::set_request_header(DEADLINE_HEADER, None);
+        }
+        let client_deadline_ms = deadline
             .and_then(|ms| ms.trim().parse::<u64>().ok())
             .filter(|ms| *ms > 0);
         self.start = Some(RequestStart {
@@ -462,8 +479,21 @@ impl HttpContext for Gateway {
         let status = host::response_header(":status")
             .and_then(|s| s.parse::<u16>().ok())
             .unwrap_or(0);
-        let details = host::property_text(vec!["response", "code_details"]).unwrap_or_default();
+        // Envoy's own replies are failures: a success needs no look at their details.
+        let details = if status < 400 {
+            String::new()
+        } else {
+            host::property_text(vec!["response", "code_details"]).unwrap_or_default()
+        };
         let source = Source::from_details(&details, budget_refused);
+        if source == Source::Upstream {
+            // A successful attempt leaves its record for the gateway to complete.
+            if let Some(last) = records.last_mut().filter(|r| r.class.is_none()) {
+                last.status = Some(status);
+                last.class = Some(crate::classify::Class::Success.name().to_string());
+                last.first_byte_ms = Some(host::now_ms().saturating_sub(last.start_ms));
+            }
+        }
         let outcome = outcome(&records, source, status);
         let answered_by = records.last().map(|record| record.model.clone());
         let attempts = records.len();

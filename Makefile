@@ -43,12 +43,13 @@ test: build lint unit integration ## unit tests, lint, integration tests under r
 
 lint: ## rustfmt and clippy (unwrap/expect/panic/indexing denied outside tests), host and wasm targets
 	cargo fmt --all --check
-	cargo clippy --all-targets -- -D warnings
+	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --release --target wasm32-wasip1 -p ai-fallback --lib -- -D warnings
 
-unit: ## unit tests of the pure logic, and the mock upstream's own tests
+unit: ## unit tests of the pure logic, and the mock's and testkit's own tests
 	cargo test -p ai-fallback --lib
 	cargo test -p mock-upstream
+	cargo test -p testkit
 
 integration: build ## integration tests: the real Envoy, the fresh .wasm, the mock
 	cargo test -p ai-fallback --test '*'

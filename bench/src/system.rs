@@ -3,8 +3,7 @@
 
 use serde_json::Value;
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -202,75 +201,7 @@ impl Drop for Mock {
     }
 }
 
-pub fn http_get(port: u16, path: &str) -> (u16, String) {
-    http(port, "GET", path, &[], &[])
-}
-
-/// A minimal blocking HTTP/1.1 request (connection: close): (status, body). Status 0
-/// when the connection fails. Handles content-length and chunked answers.
-pub fn http(
-    port: u16,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> (u16, String) {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
-        return (0, String::new());
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-    let mut request = format!("{method} {path} HTTP/1.1\r\nhost: bench\r\nconnection: close\r\n");
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    if !body.is_empty() || method == "POST" {
-        request.push_str(&format!("content-length: {}\r\n", body.len()));
-    }
-    request.push_str("\r\n");
-    if stream.write_all(request.as_bytes()).is_err() || stream.write_all(body).is_err() {
-        return (0, String::new());
-    }
-    let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response);
-    let text = String::from_utf8_lossy(&response);
-    let Some((head, rest)) = text.split_once("\r\n\r\n") else {
-        return (0, String::new());
-    };
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    (
-        status,
-        if chunked {
-            dechunk(rest)
-        } else {
-            rest.to_owned()
-        },
-    )
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if size == 0 || rest.len() < size {
-            break;
-        }
-        out.push_str(rest.get(..size).unwrap_or_default());
-        body = rest
-            .get(size..)
-            .unwrap_or_default()
-            .trim_start_matches("\r\n");
-    }
-    out
-}
+pub use testkit::{http, http_get};
 
 /// utime + stime of a process, all its threads, in clock ticks.
 pub fn cpu_ticks(pid: u32) -> u64 {

@@ -145,3 +145,24 @@ async fn body_over_the_limit_gets_a_413_json_error() {
     let response = post(&envoy, CHAT, chat_body("a+status-502")).await;
     assert_eq!(response.status(), 200);
 }
+
+#[tokio::test]
+async fn fallback_works_without_the_attempt_count_header() {
+    // A virtual host without include_request_attempt_count: the attempt role falls
+    // back on Envoy's own attempt count instead of resending the first model.
+    let mock = Mock::start();
+    let mut config = example_config(mock.port(), &plugin());
+    let virtual_host = &mut connection_manager(&mut config)["route_config"]["virtual_hosts"][0];
+    virtual_host
+        .as_object_mut()
+        .unwrap()
+        .remove("include_request_attempt_count");
+    let envoy = Envoy::start(&config);
+    let response = post(&envoy, CHAT, chat_body("first+status-500")).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(json_of(response).await["model"], "third");
+    assert_eq!(
+        models_seen(&mock),
+        ["first+status-500", "second+status-502", "third"]
+    );
+}

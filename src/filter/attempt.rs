@@ -294,8 +294,12 @@ impl Context for Attempt {}
 
 impl HttpContext for Attempt {
     fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
+        // Without `include_request_attempt_count` on the virtual host the header is
+        // missing; Envoy's own attempt count is the fallback, so that a forgotten
+        // setting does not resend the first model on every retry.
         let attempt = host::request_header(ATTEMPT_COUNT_HEADER)
             .and_then(|count| count.parse::<u32>().ok())
+            .or_else(|| host::property_u64(vec!["upstream", "request_attempt_count"]))
             .unwrap_or(1);
         // The router removed the control headers it read; providers must not see
         // these either. Removing is idempotent, which matters: attempts share one

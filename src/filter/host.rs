@@ -16,6 +16,13 @@ pub fn now_ms() -> u64 {
         })
 }
 
+/// An integer property (Envoy returns integers as 8 little-endian bytes), if it fits.
+pub fn property_u64<T: TryFrom<u64>>(path: Vec<&str>) -> Option<T> {
+    let bytes = hostcalls::get_property(path).ok().flatten()?;
+    let bytes: [u8; 8] = bytes.as_slice().try_into().ok()?;
+    T::try_from(u64::from_le_bytes(bytes)).ok()
+}
+
 /// A property read as text (Envoy returns strings as raw bytes).
 pub fn property_text(path: Vec<&str>) -> Option<String> {
     hostcalls::get_property(path)

@@ -660,46 +660,35 @@ fn parse_providers(field: &str, value: &Value) -> Result<BTreeMap<String, Provid
 impl Settings {
     /// Every chain entry that names a provider names a configured one.
     fn check_providers(&self, prefix: &str) -> Result<(), ConfigError> {
-        let named = |(requested, chain): (&String, &Vec<ChainEntry>), field: &str| {
-            chain.iter().enumerate().find_map(|(index, entry)| {
-                let provider = entry.provider.as_ref()?;
-                (!self.providers.contains_key(provider)).then(|| {
-                    error(
-                        format!("{prefix}{field}[{requested:?}][{index}].provider"),
-                        format!("names {provider:?}, which is not in providers"),
-                    )
-                })
-            })
-        };
-        let unknown = self
-            .chains
-            .iter()
-            .find_map(|chain| named(chain, "chains"))
-            .or_else(|| {
-                self.context_chains
-                    .iter()
-                    .find_map(|c| named(c, "context_chains"))
-            });
-        let default_unknown = [
-            ("default_chain", &self.default_chain),
-            ("default_context_chain", &self.default_context_chain),
-        ]
-        .into_iter()
-        .find_map(|(field, chain)| {
-            chain.iter().enumerate().find_map(|(index, entry)| {
-                let provider = entry.provider.as_ref()?;
-                (!self.providers.contains_key(provider)).then(|| {
-                    error(
-                        format!("{prefix}{field}[{index}].provider"),
-                        format!("names {provider:?}, which is not in providers"),
-                    )
-                })
-            })
-        });
-        match unknown.or(default_unknown) {
-            Some(problem) => Err(problem),
-            None => Ok(()),
+        fn keyed<'a>(
+            field: &str,
+            chains: &'a BTreeMap<String, Vec<ChainEntry>>,
+        ) -> Vec<(String, &'a Vec<ChainEntry>)> {
+            chains
+                .iter()
+                .map(|(requested, chain)| (format!("{field}[{requested:?}]"), chain))
+                .collect()
         }
+        let mut every_chain = keyed("chains", &self.chains);
+        every_chain.extend(keyed("context_chains", &self.context_chains));
+        every_chain.push(("default_chain".to_string(), &self.default_chain));
+        every_chain.push((
+            "default_context_chain".to_string(),
+            &self.default_context_chain,
+        ));
+        for (field, chain) in every_chain {
+            for (index, entry) in chain.iter().enumerate() {
+                if let Some(provider) = &entry.provider {
+                    if !self.providers.contains_key(provider) {
+                        return Err(error(
+                            format!("{prefix}{field}[{index}].provider"),
+                            format!("names {provider:?}, which is not in providers"),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -40,16 +40,6 @@ impl Outcome {
             Outcome::Truncated => "truncated",
         }
     }
-
-    pub const ALL: [Outcome; 7] = [
-        Outcome::Passthrough,
-        Outcome::Ok,
-        Outcome::FallbackOk,
-        Outcome::Exhausted,
-        Outcome::BudgetExceeded,
-        Outcome::ClientError,
-        Outcome::Truncated,
-    ];
 }
 
 /// Where the answer that reached the gateway came from.

@@ -186,11 +186,7 @@ impl Plan {
 
     /// The provider a step's model is served by, if its entry names one.
     pub fn provider(&self, step: Step) -> Option<&str> {
-        let providers = if step.in_context_chain {
-            &self.context_providers
-        } else {
-            &self.chain_providers
-        };
+        let (_, providers) = self.chain_of(step);
         providers
             .get(step.index)
             .or_else(|| providers.last())
@@ -209,11 +205,12 @@ impl Plan {
         }
     }
 
-    fn chain_of(&self, step: Step) -> &[String] {
+    /// The chain a step is in: its literals and their providers.
+    pub fn chain_of(&self, step: Step) -> (&[String], &[Option<String>]) {
         if step.in_context_chain {
-            &self.context_chain
+            (&self.context_chain, &self.context_providers)
         } else {
-            &self.chain
+            (&self.chain, &self.chain_providers)
         }
     }
 
@@ -223,7 +220,7 @@ impl Plan {
         if step == Step::FIRST && !self.rewrite_first {
             return None;
         }
-        let chain = self.chain_of(step);
+        let (chain, _) = self.chain_of(step);
         chain
             .get(step.index)
             .or_else(|| chain.last())
@@ -242,7 +239,7 @@ impl Plan {
                 index: 0,
             };
         }
-        let last = self.chain_of(previous).len().saturating_sub(1);
+        let last = self.chain_of(previous).0.len().saturating_sub(1);
         Step {
             index: (previous.index + 1).min(last),
             ..previous
@@ -257,7 +254,7 @@ impl Plan {
         if class == Class::ContextLength && !step.in_context_chain {
             return !self.context_chain.is_empty();
         }
-        step.index + 1 < self.chain_of(step).len()
+        step.index + 1 < self.chain_of(step).0.len()
     }
 
     /// The body length once the model value is replaced by `literal`.

@@ -58,6 +58,10 @@ fn every_shipped_envoy_config_validates() {
 #[test]
 fn a_rejected_plugin_configuration_stops_envoy_from_starting() {
     let mock = Mock::start();
+    // The same example with a valid configuration starts: a refusal below is the
+    // plugin's doing, not the harness's.
+    let valid = example_config(mock.port(), &json!({"chains": {"a": ["b"]}}));
+    drop(Envoy::try_start(&valid).expect("Envoy starts with a valid configuration"));
     for bad in [
         json!({"chains": {"a": []}}),
         json!({"chain": {}}),

@@ -124,11 +124,7 @@ impl Attempt {
         let cluster = host::property_text(vec!["xds", "cluster_name"]);
         let aligned = match (cluster.as_deref(), cluster_of(step)) {
             (Some(cluster), Some(expected)) if cluster != expected => {
-                let chain_len = if step.in_context_chain {
-                    plan.context_chain.len()
-                } else {
-                    plan.chain.len()
-                };
+                let chain_len = plan.chain_of(step).0.len();
                 let later = (step.index..chain_len)
                     .map(|index| Step { index, ..step })
                     .find(|candidate| cluster_of(*candidate) == Some(cluster));

@@ -346,10 +346,10 @@ impl Gateway {
             prepared.count(&name("attempts_total", route, Some(&model), class), 1);
         }
         let fallbacks = records.len().saturating_sub(1) as u64;
-        prepared.count(
-            &name("fallbacks_total", route, Some(&requested), None),
-            fallbacks,
-        );
+        if fallbacks > 0 {
+            let stat = name("fallbacks_total", route, Some(&requested), None);
+            prepared.count(&stat, fallbacks);
+        }
         for (model, _) in &self.skipped {
             let stat = name("skipped_total", route, Some(&bounded(model)), None);
             prepared.count(&stat, 1);
@@ -359,12 +359,16 @@ impl Gateway {
         }
         if let Some(last) = records.last() {
             let model = bounded(&last.model);
-            for (kind, tokens) in [
+            let tokens = [
                 ("input", usage.input_tokens),
                 ("output", usage.output_tokens),
-            ] {
+            ];
+            for (kind, count) in tokens
+                .into_iter()
+                .filter(|(_, count)| count.unwrap_or(0) > 0)
+            {
                 let stat = name("tokens_total", route, Some(&model), Some(("kind", kind)));
-                prepared.count(&stat, tokens.unwrap_or(0));
+                prepared.count(&stat, count.unwrap_or(0));
             }
         }
         if self.plan.is_some() {

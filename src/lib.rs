@@ -13,7 +13,7 @@ pub mod outcome;
 pub mod plan;
 pub mod reply;
 
-#[cfg(target_arch = "wasm32")]
+#[cfg(any(target_arch = "wasm32", test))]
 mod filter;
 
 #[cfg(target_arch = "wasm32")]

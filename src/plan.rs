@@ -52,10 +52,9 @@ pub struct Plan {
     pub model_span: Range<usize>,
     /// The request asked for a streamed answer.
     pub stream: bool,
-    /// JSON literals of the chain's models; the first is the requested model as the
-    /// client wrote it.
+    /// The chain's models; the first is the requested model.
     pub chain: Vec<String>,
-    /// JSON literals of the larger-context models, tried after a context-length answer.
+    /// The larger-context models, tried after a context-length answer.
     pub context_chain: Vec<String>,
     /// Index of the rule whose settings apply (0: the top-level settings).
     pub rule: usize,
@@ -90,7 +89,8 @@ impl Step {
 }
 
 impl Plan {
-    /// Plain text, one item per line; a JSON string literal never holds a raw newline.
+    /// Plain text, one item per line: each model as a JSON string literal, which
+    /// never holds a raw tab or newline.
     pub fn encode(&self) -> String {
         let mut text = format!(
             "{PLAN_VERSION} {} {} {} {} {} {} {} {} {} {}",
@@ -105,16 +105,15 @@ impl Plan {
             self.rewrite_first as u8,
             self.path.as_deref().unwrap_or("-"),
         );
-        let literals = self.chain.iter().chain(&self.context_chain);
+        let models = self.chain.iter().chain(&self.context_chain);
         let providers = self.chain_providers.iter().chain(&self.context_providers);
-        for (literal, provider) in literals.zip(providers) {
+        for (model, provider) in models.zip(providers) {
             text.push('\n');
-            // A JSON string literal never holds a raw tab or newline.
             if let Some(provider) = provider {
                 text.push_str(provider);
                 text.push('\t');
             }
-            text.push_str(literal);
+            text.push_str(&body::model_literal(model));
         }
         text
     }
@@ -151,12 +150,18 @@ impl Plan {
         if start >= end || end > body_len || chain_len == 0 || too_long {
             return None;
         }
-        let (mut chain, mut chain_providers): (Vec<String>, Vec<Option<String>>) = lines
-            .map(|line| match line.split_once('\t') {
-                Some((provider, literal)) => (literal.to_string(), Some(provider.to_string())),
-                None => (line.to_string(), None),
+        let entries = lines
+            .map(|line| {
+                let (provider, literal) = match line.split_once('\t') {
+                    Some((provider, literal)) => (Some(provider.to_string()), literal),
+                    None => (None, line),
+                };
+                let model = serde_json::from_str::<String>(literal).ok()?;
+                Some((model, provider))
             })
-            .unzip();
+            .collect::<Option<Vec<_>>>()?;
+        let (mut chain, mut chain_providers): (Vec<String>, Vec<Option<String>>) =
+            entries.into_iter().unzip();
         if chain.len() < chain_len {
             return None;
         }
@@ -214,17 +219,20 @@ impl Plan {
         }
     }
 
-    /// The model literal a step sends, or `None` for the first step when it sends the
-    /// body as the client wrote it.
-    pub fn literal(&self, step: Step) -> Option<&str> {
-        if step == Step::FIRST && !self.rewrite_first {
-            return None;
-        }
+    /// The model a step sends.
+    pub fn model(&self, step: Step) -> &str {
         let (chain, _) = self.chain_of(step);
         chain
             .get(step.index)
             .or_else(|| chain.last())
-            .map(String::as_str)
+            .or_else(|| self.chain.first())
+            .map_or("", String::as_str)
+    }
+
+    /// Whether a step's body needs its model rewritten: every step but a first one
+    /// that sends the body as the client wrote it.
+    pub fn rewrites(&self, step: Step) -> bool {
+        step != Step::FIRST || self.rewrite_first
     }
 
     /// The step after one whose answer was `class`. When the chain is used up (the
@@ -257,7 +265,7 @@ impl Plan {
         step.index + 1 < self.chain_of(step).0.len()
     }
 
-    /// The body length once the model value is replaced by `literal`.
+    /// The body length once the model value is replaced by the JSON `literal`.
     pub fn rewritten_len(&self, literal: &str) -> usize {
         (self.body_len - self.model_span.len()).saturating_add(literal.len())
     }
@@ -333,29 +341,38 @@ pub enum BodyDecision {
     /// Send it on untouched, with no retries added; the reason is for debug logs.
     Passthrough(&'static str),
     /// Drive the router through the plan's fallbacks.
-    Fallback(Plan),
+    Fallback(Plan, Vec<Skipped>),
+}
+
+/// A model put at the end of the chain because it is cooling down.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Skipped {
+    /// Its health key (`model` or `model@provider`).
+    pub key: String,
+    /// Why it cools: the class of the failures that started it.
+    pub reason: String,
 }
 
 /// Where a request stands before its body is read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RequestStart {
-    /// The rule selected for it.
-    pub rule: usize,
     pub started_ms: u64,
     /// The client's deadline header, in milliseconds, if it sent a valid one.
     pub client_deadline_ms: Option<u64>,
 }
 
-/// Decides what to do with a request body the gateway has buffered completely.
-/// `usable` says whether a model (its health key) may be tried now; models that may
-/// not go to the end of the chain, in order: tried only when every other failed, and
-/// all in order when none may, never failing a request the filter itself refused.
+/// Decides what to do with a request body the gateway has buffered completely,
+/// under the settings of rule `rule`. `usable` says whether a model (its health key)
+/// may be tried now, or why not; models that may not go to the end of the chain, in
+/// order: tried only when every other failed, and all in order when none may, never
+/// failing a request the filter itself refused (none is skipped then).
 pub fn decide(
     settings: &Settings,
+    rule: usize,
     start: RequestStart,
     path: &str,
     body_bytes: &[u8],
-    usable: &mut dyn FnMut(&str) -> bool,
+    usable: &mut dyn FnMut(&str) -> Result<(), String>,
 ) -> BodyDecision {
     let top = match body::scan(body_bytes) {
         Ok(top) => top,
@@ -378,10 +395,6 @@ pub fn decide(
     if fallbacks.is_empty() && context_chain.is_empty() {
         return BodyDecision::Passthrough("model has no fallback chain");
     }
-    let requested_literal = body_bytes
-        .get(span.clone())
-        .map(|raw| String::from_utf8_lossy(raw).into_owned())
-        .unwrap_or_else(|| body::model_literal(&requested));
     let requested_entry = ChainEntry {
         model: requested.clone(),
         provider: None,
@@ -395,21 +408,24 @@ pub fn decide(
     );
     // Cooling models go last rather than away: tried only when every healthy one
     // failed, and in order when all are cooling.
-    let (mut chosen, cooling): (Vec<&ChainEntry>, Vec<&ChainEntry>) = entries
-        .iter()
-        .partition(|entry| usable(&health_key(&entry.model, entry.provider.as_deref())));
-    chosen.extend(cooling);
-    let literal_of = |model: &str| {
-        if model == requested {
-            requested_literal.clone()
-        } else {
-            body::model_literal(model)
+    let mut chosen: Vec<&ChainEntry> = Vec::with_capacity(entries.len());
+    let mut cooling: Vec<&ChainEntry> = Vec::new();
+    let mut skipped = Vec::new();
+    for entry in entries {
+        let key = health_key(&entry.model, entry.provider.as_deref());
+        match usable(&key) {
+            Ok(()) => chosen.push(entry),
+            Err(reason) => {
+                cooling.push(entry);
+                skipped.push(Skipped { key, reason });
+            }
         }
-    };
-    let chain: Vec<String> = chosen
-        .iter()
-        .map(|entry| literal_of(&entry.model))
-        .collect();
+    }
+    if chosen.is_empty() {
+        skipped.clear();
+    }
+    chosen.extend(cooling);
+    let chain: Vec<String> = chosen.iter().map(|entry| entry.model.clone()).collect();
     let chain_providers: Vec<Option<String>> =
         chosen.iter().map(|entry| entry.provider.clone()).collect();
     let context_entries: Vec<&ChainEntry> = context_chain
@@ -428,7 +444,7 @@ pub fn decide(
         (Some(budget), Some(deadline)) => Some(budget.min(deadline)),
         (budget, deadline) => budget.or(deadline),
     };
-    BodyDecision::Fallback(Plan {
+    let plan = Plan {
         body_len: body_bytes.len(),
         model_span: span,
         stream: top.stream,
@@ -436,15 +452,16 @@ pub fn decide(
         chain,
         context_chain: context_entries
             .iter()
-            .map(|entry| body::model_literal(&entry.model))
+            .map(|entry| entry.model.clone())
             .collect(),
         chain_providers,
         context_providers,
         path: uses_providers.then(|| path.to_string()),
-        rule: start.rule,
+        rule,
         started_ms: start.started_ms,
         budget_ms,
-    })
+    };
+    BodyDecision::Fallback(plan, skipped)
 }
 
 /// The router control header values for one settings block, computed once at
@@ -519,22 +536,25 @@ mod tests {
     }
 
     const START: RequestStart = RequestStart {
-        rule: 2,
         started_ms: 1_000_000,
         client_deadline_ms: None,
     };
+    const RULE: usize = 2;
 
-    fn plan_of(body: &str) -> Plan {
-        match decide(
-            &settings(),
-            START,
-            "/v1/chat/completions",
-            body.as_bytes(),
-            &mut |_| true,
-        ) {
-            BodyDecision::Fallback(plan) => plan,
+    fn decide_with(
+        settings: &Settings,
+        start: RequestStart,
+        body: &[u8],
+        usable: &mut dyn FnMut(&str) -> Result<(), String>,
+    ) -> (Plan, Vec<Skipped>) {
+        match decide(settings, RULE, start, "/v1/chat/completions", body, usable) {
+            BodyDecision::Fallback(plan, skipped) => (plan, skipped),
             other => panic!("expected a plan, got {other:?}"),
         }
+    }
+
+    fn plan_of(body: &str) -> Plan {
+        decide_with(&settings(), START, body.as_bytes(), &mut |_| Ok(())).0
     }
 
     const MAIN_1: Step = Step {
@@ -549,8 +569,8 @@ mod tests {
     #[test]
     fn plan_round_trips() {
         let plan = plan_of(r#"{"stream":true,"model" : "a","messages":[]}"#);
-        assert_eq!(plan.chain, ["\"a\"", "\"b\"", "\"c\""]);
-        assert_eq!(plan.context_chain, ["\"big\""]);
+        assert_eq!(plan.chain, ["a", "b", "c"]);
+        assert_eq!(plan.context_chain, ["big"]);
         assert!(plan.stream);
         assert_eq!(plan.max_retries(), 3);
         assert_eq!(Plan::decode(plan.encode().as_bytes()), Some(plan));
@@ -559,12 +579,14 @@ mod tests {
     #[test]
     fn steps_follow_the_chain_then_repeat_the_last() {
         let plan = plan_of(r#"{"model":"a"}"#);
-        assert_eq!(plan.literal(Step::FIRST), None);
+        assert!(!plan.rewrites(Step::FIRST));
+        assert_eq!(plan.model(Step::FIRST), "a");
         let second = plan.next_step(Step::FIRST, Some(Class::FailureStatus));
         assert_eq!(second, MAIN_1);
-        assert_eq!(plan.literal(second), Some("\"b\""));
+        assert!(plan.rewrites(second));
+        assert_eq!(plan.model(second), "b");
         let third = plan.next_step(second, Some(Class::NoCapacity));
-        assert_eq!(plan.literal(third), Some("\"c\""));
+        assert_eq!(plan.model(third), "c");
         assert!(!plan.has_next(third, Class::FailureStatus));
         assert_eq!(
             plan.next_step(third, None),
@@ -580,7 +602,7 @@ mod tests {
         assert!(plan.has_next(MAIN_1, Class::ContextLength));
         let step = plan.next_step(MAIN_1, Some(Class::ContextLength));
         assert_eq!(step, CONTEXT_0);
-        assert_eq!(plan.literal(step), Some("\"big\""));
+        assert_eq!(plan.model(step), "big");
         assert!(!plan.has_next(step, Class::FailureStatus));
         assert!(!plan.has_next(step, Class::ContextLength));
         assert!(!plan.has_next(Step::FIRST, Class::Final));
@@ -588,28 +610,28 @@ mod tests {
 
     #[test]
     fn cooling_models_go_last() {
-        let skip_a = |model: &str| model != "a";
-        let plan = match decide(&settings(), START, "/p", br#"{"model":"a"}"#, &mut {
-            skip_a
-        }) {
-            BodyDecision::Fallback(plan) => plan,
-            other => panic!("{other:?}"),
+        let body = br#"{"model":"a"}"#;
+        let mut skip_a = |model: &str| match model {
+            "a" => Err("failure_status".to_string()),
+            _ => Ok(()),
         };
-        assert_eq!(plan.chain, ["\"b\"", "\"c\"", "\"a\""], "a goes last");
-        assert!(plan.rewrite_first);
-        assert_eq!(plan.literal(Step::FIRST), Some("\"b\""));
-        assert_eq!(Plan::decode(plan.encode().as_bytes()), Some(plan));
-        let plan = match decide(&settings(), START, "/p", br#"{"model":"a"}"#, &mut |_| {
-            false
-        }) {
-            BodyDecision::Fallback(plan) => plan,
-            other => panic!("{other:?}"),
-        };
+        let (plan, skipped) = decide_with(&settings(), START, body, &mut skip_a);
+        assert_eq!(plan.chain, ["b", "c", "a"], "a goes last");
         assert_eq!(
-            plan.chain,
-            ["\"a\"", "\"b\"", "\"c\""],
-            "all cooling: all tried"
+            skipped,
+            [Skipped {
+                key: "a".into(),
+                reason: "failure_status".into()
+            }]
         );
+        assert!(plan.rewrite_first);
+        assert!(plan.rewrites(Step::FIRST));
+        assert_eq!(plan.model(Step::FIRST), "b");
+        assert_eq!(Plan::decode(plan.encode().as_bytes()), Some(plan));
+        let mut all_cooling = |_: &str| Err("no_capacity".to_string());
+        let (plan, skipped) = decide_with(&settings(), START, body, &mut all_cooling);
+        assert_eq!(plan.chain, ["a", "b", "c"], "all cooling: all tried");
+        assert_eq!(skipped, [], "none was left out");
         assert!(!plan.rewrite_first);
     }
 
@@ -622,13 +644,8 @@ mod tests {
         .unwrap()
         .defaults;
         let body = br#"{"model":"a"}"#;
-        let plan = match decide(&settings, START, "/v1/chat/completions", body, &mut |_| {
-            true
-        }) {
-            BodyDecision::Fallback(plan) => plan,
-            other => panic!("{other:?}"),
-        };
-        assert_eq!(plan.chain, ["\"a\"", "\"b\"", "\"a\"", "\"their b\""]);
+        let (plan, _) = decide_with(&settings, START, body, &mut |_| Ok(()));
+        assert_eq!(plan.chain, ["a", "b", "a", "their b"]);
         assert_eq!(
             plan.chain_providers,
             [None, None, Some("p2".into()), Some("p2".into())]
@@ -648,14 +665,14 @@ mod tests {
     #[test]
     fn a_context_chain_alone_makes_a_plan() {
         let plan = plan_of(r#"{"model":"k"}"#);
-        assert_eq!(plan.chain, ["\"k\""]);
+        assert_eq!(plan.chain, ["k"]);
         assert!(!plan.has_next(Step::FIRST, Class::FailureStatus));
         assert!(plan.has_next(Step::FIRST, Class::ContextLength));
     }
 
     #[test]
     fn the_requested_model_is_not_tried_twice() {
-        assert_eq!(plan_of(r#"{"model":"x"}"#).chain, ["\"x\"", "\"y\""]);
+        assert_eq!(plan_of(r#"{"model":"x"}"#).chain, ["x", "y"]);
     }
 
     #[test]
@@ -673,10 +690,11 @@ mod tests {
                 matches!(
                     decide(
                         &settings(),
+                        RULE,
                         START,
                         "/v1/chat/completions",
                         body.as_bytes(),
-                        &mut |_| true
+                        &mut |_| Ok(())
                     ),
                     BodyDecision::Passthrough(_)
                 ),
@@ -685,23 +703,53 @@ mod tests {
         }
     }
 
+    /// A plan's encoding as the gateway writes it: `v5`, body length, model span,
+    /// stream, chain length, rule, start, budget, rewrite_first, path; then models.
+    const VALID: &str = "v5 20 9 12 0 1 0 0 0 0 -\n\"a\"\n\"big\"";
+
     #[test]
-    fn corrupt_plans_are_refused() {
-        for text in [
-            "",
-            "v2 5 0 1 0 1\n\"a\"",
-            "v3 5 3 2 0 1 0 0 0\n\"a\"",
-            "v3 5 0 9 0 1 0 0 0\n\"a\"",
-            "v3 x 0 1 0 1 0 0 0\n\"a\"",
-            "v3 5 0 1 0 2 0 0 0\n\"a\"",
-            "v3 5 0 1 0 0 0 0 0",
-            "v3 5 0 1 0 1 0 0 0\n\"a\"",
-            "v4 5 0 1 0 1 0 0 0\n\"a\"",
-            "v5 5 0 1 0 2 0 0 0 0 -\n\"a\"",
-            "v5 18446744073709551615 0 1 0 1 0 0 0 0 -\n\"a\"",
+    fn corrupt_plans_are_refused_each_for_its_own_reason() {
+        assert!(
+            Plan::decode(VALID.as_bytes()).is_some(),
+            "the base case is valid"
+        );
+        for (text, reason) in [
+            ("", "empty"),
+            ("v4 20 9 12 0 1 0 0 0 0 -\n\"a\"", "another version"),
+            (
+                "v5 20 12 9 0 1 0 0 0 0 -\n\"a\"",
+                "span ends before it starts",
+            ),
+            ("v5 20 9 9 0 1 0 0 0 0 -\n\"a\"", "empty span"),
+            ("v5 20 9 21 0 1 0 0 0 0 -\n\"a\"", "span past the body"),
+            ("v5 x 9 12 0 1 0 0 0 0 -\n\"a\"", "length not a number"),
+            ("v5 20 9 12 0 1 0 0\n\"a\"", "fields missing"),
+            ("v5 20 9 12 0 0 0 0 0 0 -\n\"a\"", "empty chain"),
+            (
+                "v5 20 9 12 0 3 0 0 0 0 -\n\"a\"\n\"big\"",
+                "fewer models than the chain length",
+            ),
+            ("v5 20 9 12 0 1 0 0 0 0 -", "no models at all"),
+            (
+                "v5 20 9 12 0 1 0 0 0 0 -\na",
+                "a model that is not a JSON string",
+            ),
+            (
+                "v5 20 9 12 0 1 0 0 0 0 -\np\t\"a",
+                "an unterminated model literal",
+            ),
+            (
+                "v5 18446744073709551615 9 12 0 1 0 0 0 0 -\n\"a\"",
+                "absurd body length",
+            ),
+            (
+                "v5 99999999999 9 12 0 1 0 0 0 0 -\n\"a\"",
+                "body over the limit",
+            ),
         ] {
-            assert_eq!(Plan::decode(text.as_bytes()), None, "{text}");
+            assert_eq!(Plan::decode(text.as_bytes()), None, "{reason}: {text}");
         }
+        assert_eq!(Plan::decode(&[0xff, 0xfe]), None, "not UTF-8");
     }
 
     #[test]
@@ -737,11 +785,11 @@ mod tests {
             client_deadline_ms: Some(60_000),
             ..START
         };
-        let budget_with =
-            |start| match decide(&settings(), start, "/p", br#"{"model":"a"}"#, &mut |_| true) {
-                BodyDecision::Fallback(plan) => plan.budget_ms,
-                other => panic!("{other:?}"),
-            };
+        let budget_with = |start| {
+            decide_with(&settings(), start, br#"{"model":"a"}"#, &mut |_| Ok(()))
+                .0
+                .budget_ms
+        };
         assert_eq!(budget_with(shorter), Some(700));
         assert_eq!(
             budget_with(longer),

@@ -2,8 +2,9 @@
 //! from any bytes, and the gateway's decision on any body.
 //!
 //! Filter state is written only by the filter, but a decoder that panics on a
-//! corrupt or foreign value would take the worker's VM down; and whatever decodes
-//! must encode back to itself, and every step must stay inside the chain.
+//! corrupt or foreign value would take the worker's VM down. A decoded plan
+//! encodes to text that decodes to the same plan, its body length is one a gateway
+//! writes, and every step stays inside the chain.
 #![no_main]
 
 use ai_fallback::classify::Class;
@@ -48,13 +49,9 @@ fn walk(plan: &Plan, classes: &[u8]) {
         if let Some(class) = class {
             let _ = plan.has_next(step, class);
         }
-        if let Some(literal) = plan.literal(step) {
-            // `Plan::decode` accepts body lengths no gateway writes (over the 64 MiB
-            // `max_body_bytes` limit, up to usize::MAX), for which `rewritten_len`
-            // overflows: reported, so the target keeps to lengths a gateway writes.
-            if plan.body_len <= MAX_BODY_BYTES_LIMIT {
-                assert!(plan.rewritten_len(literal) >= literal.len());
-            }
+        if plan.rewrites(step) {
+            let literal = ai_fallback::body::model_literal(plan.model(step));
+            assert!(plan.rewritten_len(&literal) >= literal.len());
         }
         step = plan.next_step(step, class);
         let chain = if step.in_context_chain {
@@ -68,6 +65,7 @@ fn walk(plan: &Plan, classes: &[u8]) {
 
 fuzz_target!(|data: &[u8]| {
     if let Some(plan) = Plan::decode(data) {
+        assert!(plan.body_len <= MAX_BODY_BYTES_LIMIT);
         assert_eq!(Plan::decode(plan.encode().as_bytes()), Some(plan.clone()));
         walk(&plan, data);
     }
@@ -81,16 +79,19 @@ fuzz_target!(|data: &[u8]| {
 
     let config = config();
     let start = RequestStart {
-        rule: 0,
         started_ms: 1_700_000_000_000,
         client_deadline_ms: data.first().map(|b| u64::from(*b) * 100),
     };
     // Models alternate between cooling and not, as the input's bytes say.
     let mut cooling = data.iter().map(|b| b & 1 == 1).cycle();
-    let mut usable = |_: &str| !cooling.next().unwrap_or(false);
+    let mut usable = |_: &str| match cooling.next() {
+        Some(true) => Err("failure_status".to_string()),
+        _ => Ok(()),
+    };
     let path = "/v1/chat/completions";
-    if let BodyDecision::Fallback(plan) = decide(config.settings(0), start, path, data, &mut usable)
-    {
+    let decision = decide(config.settings(0), 0, start, path, data, &mut usable);
+    if let BodyDecision::Fallback(plan, skipped) = decision {
+        assert!(skipped.len() < plan.chain.len() || skipped.is_empty());
         assert!(!plan.chain.is_empty());
         assert!(plan.model_span.end <= data.len());
         assert_eq!(plan.body_len, data.len());

@@ -2,8 +2,9 @@
 //! the buffered request. It writes that attempt's model into the body, reads the
 //! answer, and asks the router for the next attempt when another model may succeed.
 
-use super::{health, host, Prepared};
-use crate::body::rewritten_prefix;
+use super::host::{parse_number, Body, Host, HostExt, Map};
+use super::{health, Prepared};
+use crate::body::{model_literal, rewritten_prefix};
 use crate::classify::{
     classify_body, classify_headers, marks_stream_end, truncation_event, BodyKind, BodyVerdict,
     Class, HeaderVerdict,
@@ -15,7 +16,6 @@ use crate::plan::{
     PLAN_PROPERTY, RETRY_HEADER,
 };
 use log::{debug, warn};
-use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::ops::Range;
 use std::rc::Rc;
@@ -26,6 +26,7 @@ const END_MARKER_TAIL: usize = 24;
 pub struct Attempt {
     id: u32,
     prepared: Rc<Prepared>,
+    host: Rc<dyn Host>,
     /// This attempt's place in a planned request; `None` passes everything through.
     planned: Option<Planned>,
     /// The model value to replace in this attempt's body, once enough of it arrived.
@@ -36,7 +37,9 @@ pub struct Attempt {
 struct Planned {
     plan: Plan,
     attempt: u32,
-    /// What this attempt did so far; written to filter state as it changes.
+    /// What this attempt did so far. This role is the record's only writer: it
+    /// writes it as the attempt starts (a reset or timeout leaves it so), when the
+    /// answer is classified, and when the answer ends.
     record: AttemptRecord,
 }
 
@@ -58,10 +61,11 @@ enum Response {
 }
 
 impl Attempt {
-    pub fn new(id: u32, prepared: Rc<Prepared>) -> Attempt {
+    pub fn new(id: u32, prepared: Rc<Prepared>, host: Rc<dyn Host>) -> Attempt {
         Attempt {
             id,
             prepared,
+            host,
             planned: None,
             pending_rewrite: None,
             response: Response::Idle,
@@ -73,7 +77,9 @@ impl Attempt {
         if attempt <= 1 {
             return Step::FIRST;
         }
-        let previous = host::property(&attempt_property(attempt - 1))
+        let previous = self
+            .host
+            .property(&[&attempt_property(attempt - 1)])
             .and_then(|bytes| AttemptRecord::decode(&bytes));
         match previous {
             Some(record) => {
@@ -89,7 +95,7 @@ impl Attempt {
                 in_context_chain: false,
                 index: usize::try_from(attempt - 1)
                     .unwrap_or(usize::MAX)
-                    .min(plan.chain.len() - 1),
+                    .min(plan.chain.len().saturating_sub(1)),
             },
         }
     }
@@ -99,7 +105,8 @@ impl Attempt {
             return;
         };
         let name = attempt_property(planned.attempt);
-        if let Err(status) = host::set_property(&name, planned.record.encode().as_bytes()) {
+        let record = planned.record.encode();
+        if let Err(status) = self.host.set_property(&name, record.as_bytes()) {
             warn!(
                 "#{} cannot record attempt {} ({status:?})",
                 self.id, planned.attempt
@@ -121,7 +128,7 @@ impl Attempt {
                 .and_then(|name| settings.providers.get(name))
                 .map(|provider| provider.cluster.as_str())
         };
-        let cluster = host::property_text(vec!["xds", "cluster_name"]);
+        let cluster = self.host.property_text(&["xds", "cluster_name"]);
         let aligned = match (cluster.as_deref(), cluster_of(step)) {
             (Some(cluster), Some(expected)) if cluster != expected => {
                 let chain_len = plan.chain_of(step).0.len();
@@ -166,14 +173,25 @@ impl Attempt {
         if cooldown.failures == 0 {
             return;
         }
-        let now = host::now_ms();
+        let now = self.host.now_ms();
         match class {
             // A too long prompt or a client error says nothing about the model.
             Class::ContextLength | Class::Final => {}
-            Class::Success => health::record_success(&self.prepared, model, now),
+            Class::Success => {
+                health::record_success(self.host.as_ref(), &self.prepared, model, now)
+            }
             _ => {
                 let retry_after = retry_after.and_then(retry_after_ms);
-                health::record_failure(&self.prepared, cooldown, model, now, retry_after, reason);
+                let host = self.host.as_ref();
+                health::record_failure(
+                    host,
+                    &self.prepared,
+                    cooldown,
+                    model,
+                    now,
+                    retry_after,
+                    reason,
+                );
             }
         }
     }
@@ -192,13 +210,8 @@ impl Attempt {
         };
         planned.record.class = Some(class.name().to_string());
         planned.record.error_excerpt = excerpt;
-        // A success is the last attempt: the gateway completes its record from what
-        // it sees itself, which spares the host calls on the path every request takes.
-        let record_now = class != Class::Success;
-        if record_now {
-            planned.record.cluster = host::property_text(vec!["xds", "cluster_name"]);
-            planned.record.host = host::property_text(vec!["upstream", "address"]);
-        }
+        planned.record.cluster = self.host.property_text(&["xds", "cluster_name"]);
+        planned.record.host = self.host.property_text(&["upstream", "address"]);
         if planned.plan.has_next(planned.record.step(), class) {
             debug!(
                 "#{} attempt {} answered {:?} ({}): next model",
@@ -207,7 +220,10 @@ impl Attempt {
                 planned.record.status,
                 class.name()
             );
-            if let Err(status) = host::set_response_header(RETRY_HEADER, Some(class.name())) {
+            if let Err(status) = self
+                .host
+                .set_response_header(RETRY_HEADER, Some(class.name()))
+            {
                 warn!("#{} cannot ask for a retry ({status:?})", self.id);
             }
         }
@@ -227,9 +243,7 @@ impl Attempt {
         } else {
             Response::Idle
         };
-        if record_now {
-            self.write_record();
-        }
+        self.write_record();
     }
 
     /// Ends the request at once: too little of the budget is left for an attempt.
@@ -245,7 +259,7 @@ impl Attempt {
             "timeout",
             "budget_exceeded",
         );
-        if let Err(status) = host::send_json(504, &body) {
+        if let Err(status) = self.host.send_json(504, &body) {
             warn!("#{} cannot end the request ({status:?})", self.id);
             return Action::Continue;
         }
@@ -257,7 +271,7 @@ impl Attempt {
             return;
         };
         if !*saw_end && chunk_size > 0 {
-            if let Some(chunk) = host::response_body(0, chunk_size) {
+            if let Some(chunk) = self.host.body(Body::Response, 0, chunk_size) {
                 tail.extend_from_slice(&chunk);
                 *saw_end = marks_stream_end(tail);
                 let keep_from = tail.len().saturating_sub(END_MARKER_TAIL);
@@ -268,8 +282,10 @@ impl Attempt {
             // The upstream ended the stream cleanly but before its end marker: say so
             // in the stream rather than let it look complete.
             debug!("#{} stream ended early: appending an error event", self.id);
-            if let Err(status) =
-                host::append_response_body(chunk_size, truncation_event().as_bytes())
+            let event = truncation_event();
+            if let Err(status) = self
+                .host
+                .set_body(Body::Response, chunk_size, 0, event.as_bytes())
             {
                 warn!(
                     "#{} cannot end the stream with an error ({status:?})",
@@ -284,51 +300,60 @@ impl Attempt {
             self.response = Response::Idle;
         }
     }
-}
 
-impl Context for Attempt {}
+    /// The answer ended: its record is complete.
+    fn answer_ended(&mut self) {
+        let Some(planned) = &mut self.planned else {
+            return;
+        };
+        planned.record.end_ms = Some(self.host.now_ms().saturating_sub(planned.record.start_ms));
+        self.write_record();
+    }
 
-impl HttpContext for Attempt {
-    fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
+    pub fn request_headers(&mut self, end_of_stream: bool) -> Action {
         // Without `include_request_attempt_count` on the virtual host the header is
         // missing; Envoy's own attempt count is the fallback, so that a forgotten
         // setting does not resend the first model on every retry.
-        let attempt = host::request_header(ATTEMPT_COUNT_HEADER)
-            .and_then(|count| count.parse::<u32>().ok())
-            .or_else(|| host::property_u64(vec!["upstream", "request_attempt_count"]))
+        let attempt = self
+            .host
+            .header(Map::Request, ATTEMPT_COUNT_HEADER)
+            .and_then(|count| parse_number::<u32>(&count))
+            .or_else(|| {
+                self.host
+                    .property_u64(&["upstream", "request_attempt_count"])
+            })
             .unwrap_or(1);
         // The router removed the control headers it read; providers must not see
         // these either. Removing is idempotent, which matters: attempts share one
         // header map.
         for name in HEADERS_FOR_ENVOY_ONLY {
-            if let Err(status) = host::set_request_header(name, None) {
+            if let Err(status) = self.host.set_request_header(name, None) {
                 warn!("#{} cannot remove {name} ({status:?})", self.id);
             }
         }
-        let Some(plan) = host::property(PLAN_PROPERTY).and_then(|bytes| Plan::decode(&bytes))
+        let Some(plan) = self
+            .host
+            .property(&[PLAN_PROPERTY])
+            .and_then(|bytes| Plan::decode(&bytes))
         else {
             return Action::Continue;
         };
-        let now = host::now_ms();
+        let now = self.host.now_ms();
         let step = self.step_for(&plan, attempt);
         let (step, provider, path) = self.provider_step(&plan, step);
         if let Some(path) = path {
             // Each provider takes its own key, injected by Envoy on its cluster: the
             // client's never goes to a provider it was not meant for.
             for (name, value) in [(":path", Some(path.as_str())), ("authorization", None)] {
-                if let Err(status) = host::set_request_header(name, value) {
+                if let Err(status) = self.host.set_request_header(name, value) {
                     warn!("#{} cannot set {name} ({status:?})", self.id);
                 }
             }
         }
-        let literal = plan.literal(step).map(str::to_string);
-        let sent_literal = literal
-            .as_deref()
-            .or_else(|| plan.chain.first().map(String::as_str));
+        let model = plan.model(step).to_string();
+        let literal = plan.rewrites(step).then(|| model_literal(&model));
         let record = AttemptRecord {
-            model: sent_literal
-                .and_then(|l| serde_json::from_str::<String>(l).ok())
-                .unwrap_or_default(),
+            model,
             provider,
             context_chain: step.in_context_chain,
             index: step.index,
@@ -355,7 +380,10 @@ impl HttpContext for Attempt {
         if let (Some(literal), Some(length), false) = (literal, rewritten_len, end_of_stream) {
             // Computed from the original length, not the header, which an earlier
             // attempt may already have changed.
-            match host::set_request_header("content-length", Some(&length.to_string())) {
+            match self
+                .host
+                .set_request_header("content-length", Some(&length.to_string()))
+            {
                 Ok(()) => {
                     debug!("#{} attempt {attempt} sends model {literal}", self.id);
                     self.pending_rewrite = Some(Rewrite {
@@ -373,7 +401,7 @@ impl HttpContext for Attempt {
         Action::Continue
     }
 
-    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+    pub fn request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         let Some(rewrite) = &self.pending_rewrite else {
             return Action::Continue;
         };
@@ -387,12 +415,17 @@ impl HttpContext for Attempt {
         else {
             return Action::Continue;
         };
-        let before_model = host::request_body(0, model_span.start);
-        let current_model = host::request_body(model_span.start, model_span.len());
+        let before_model = self.host.body(Body::Request, 0, model_span.start);
+        let current_model = self
+            .host
+            .body(Body::Request, model_span.start, model_span.len());
         match (before_model, current_model) {
             (Some(before), Some(current)) if current.first() == Some(&b'"') => {
                 let prefix = rewritten_prefix(&before, &literal);
-                if let Err(status) = host::replace_request_body_prefix(model_span.end, &prefix) {
+                let replaced = self
+                    .host
+                    .set_body(Body::Request, 0, model_span.end, &prefix);
+                if let Err(status) = replaced {
                     warn!("#{} cannot rewrite the body ({status:?})", self.id);
                 }
             }
@@ -404,24 +437,30 @@ impl HttpContext for Attempt {
         Action::Continue
     }
 
-    fn on_http_response_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
+    pub fn response_headers(&mut self, end_of_stream: bool) -> Action {
         let Some(planned) = &mut self.planned else {
             return Action::Continue;
         };
-        let status = host::response_header(":status")
-            .and_then(|s| s.parse::<u16>().ok())
-            .unwrap_or(0);
+        let status = self.host.response_status();
         let record = &mut planned.record;
         record.status = Some(status);
-        record.first_byte_ms = Some(host::now_ms().saturating_sub(record.start_ms));
-        record.retry_after =
-            host::response_header("retry-after").filter(|value| value.len() <= RETRY_AFTER_MAX);
-        let content_type = host::response_header("content-type").unwrap_or_default();
+        record.first_byte_ms = Some(self.host.now_ms().saturating_sub(record.start_ms));
+        record.retry_after = self
+            .host
+            .response_header("retry-after")
+            .filter(|value| value.len() <= RETRY_AFTER_MAX);
+        let content_type = self
+            .host
+            .response_header("content-type")
+            .unwrap_or_default();
         let facts = planned.plan.facts();
         let classes = &self.prepared.config.settings(planned.plan.rule).classes;
         match classify_headers(classes, facts, status, &content_type) {
             HeaderVerdict::Decided(class) => {
                 self.conclude(class, None);
+                if end_of_stream {
+                    self.answer_ended();
+                }
                 Action::Continue
             }
             HeaderVerdict::Inspect(kind) if end_of_stream => {
@@ -430,6 +469,7 @@ impl HttpContext for Attempt {
                     BodyVerdict::NeedMore => Class::Success,
                 };
                 self.conclude(class, None);
+                self.answer_ended();
                 Action::Continue
             }
             HeaderVerdict::Inspect(kind) => {
@@ -439,14 +479,14 @@ impl HttpContext for Attempt {
         }
     }
 
-    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+    pub fn response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         if let Response::Inspecting { kind, status } = self.response {
             let Some(planned) = &self.planned else {
                 return Action::Continue;
             };
             let classes = &self.prepared.config.settings(planned.plan.rule).classes;
             let read = body_size.min(classes.inspect_max_bytes);
-            let prefix = host::response_body(0, read).unwrap_or_default();
+            let prefix = self.host.body(Body::Response, 0, read).unwrap_or_default();
             // Past the limit the answer is judged on what was read, and then passes on.
             let complete = end_of_stream || body_size >= classes.inspect_max_bytes;
             let facts = planned.plan.facts();
@@ -463,13 +503,8 @@ impl HttpContext for Attempt {
         }
         // The held part of a stream counts for its end marker too.
         self.watch_stream(body_size, end_of_stream);
-        let truncated = self.planned.as_ref().is_some_and(|p| p.record.truncated);
-        if end_of_stream && truncated {
-            if let Some(planned) = &mut self.planned {
-                planned.record.end_ms =
-                    Some(host::now_ms().saturating_sub(planned.record.start_ms));
-            }
-            self.write_record();
+        if end_of_stream {
+            self.answer_ended();
         }
         Action::Continue
     }

@@ -1,21 +1,20 @@
 //! The gateway role: runs once per client request, before the router. It plans the
 //! fallbacks from the body, and on the way back decides how the request ended.
 
-use super::{health, host, Prepared};
+use super::host::{parse_number, Body, Host, HostExt, Map};
+use super::{health, Prepared};
 use crate::access::{
     self, find_usage, AccessRecord, AttemptView, SkippedView, Usage, ATTEMPTS_PROPERTY,
     FINAL_MODEL_PROPERTY, OUTCOME_PROPERTY, RECORD_PROPERTY, USAGE_TAIL_BYTES,
 };
 use crate::config::{RouteFacts, Settings};
-use crate::cooldown::health_key;
 use crate::outcome::{outcome, provider_message, shaped_error, Outcome, Source};
 use crate::plan::{
-    attempt_property, decide, AttemptRecord, BodyDecision, Plan, RequestStart, DEADLINE_HEADER,
-    PLAN_PROPERTY, RETRY_HEADER,
+    attempt_property, decide, AttemptRecord, BodyDecision, Plan, RequestStart, Skipped,
+    DEADLINE_HEADER, PLAN_PROPERTY, RETRY_HEADER,
 };
 use crate::reply;
 use log::{debug, warn};
-use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::rc::Rc;
 
@@ -25,6 +24,7 @@ const ERROR_EXCERPT_READ_BYTES: usize = 4096;
 pub struct Gateway {
     id: u32,
     prepared: Rc<Prepared>,
+    host: Rc<dyn Host>,
     /// The rule whose settings apply (0: the top level).
     rule: usize,
     start: Option<RequestStart>,
@@ -41,23 +41,24 @@ pub struct Gateway {
     usage_tail: Vec<u8>,
     /// The access record and stats are written once.
     recorded: bool,
-    /// Models left out of the chain because they are cooling down, and why.
-    skipped: Vec<(String, String)>,
+    /// Models put at the end of the chain because they are cooling down.
+    skipped: Vec<Skipped>,
     /// The request's path, for providers with their own API root.
     path: String,
 }
 
+/// How the request ended, as far as its answer's headers tell.
 struct Finished {
     outcome: Outcome,
     status: u16,
-    records: Vec<AttemptRecord>,
 }
 
 impl Gateway {
-    pub fn new(id: u32, prepared: Rc<Prepared>) -> Gateway {
+    pub fn new(id: u32, prepared: Rc<Prepared>, host: Rc<dyn Host>) -> Gateway {
         Gateway {
             id,
             prepared,
+            host,
             rule: 0,
             start: None,
             buffering: false,
@@ -81,15 +82,18 @@ impl Gateway {
         if self.prepared.config.rules.is_empty() {
             return;
         }
-        let route_name = host::property_text(vec!["xds", "route_name"]).unwrap_or_default();
-        let metadata_rule = host::property_text(vec![
+        let route_name = self
+            .host
+            .property_text(&["xds", "route_name"])
+            .unwrap_or_default();
+        let metadata_rule = self.host.property_text(&[
             "xds",
             "route_metadata",
             "filter_metadata",
             "ai_fallback",
             "rule",
         ]);
-        let authority = host::request_header(":authority").unwrap_or_default();
+        let authority = self.host.request_header(":authority").unwrap_or_default();
         let facts = RouteFacts {
             route_name: &route_name,
             metadata_rule: metadata_rule.as_deref(),
@@ -103,7 +107,7 @@ impl Gateway {
         self.buffering = false;
         let limit = self.settings().max_body_bytes;
         debug!("#{} body over {limit} bytes: 413", self.id);
-        match host::send_json(413, &reply::body_too_large(limit)) {
+        match self.host.send_json(413, &reply::body_too_large(limit)) {
             Ok(()) => Action::Pause,
             Err(status) => {
                 // Never hold a request that no answer will end.
@@ -119,7 +123,7 @@ impl Gateway {
         let Some(start) = self.start else {
             return Action::Continue;
         };
-        let Some(body) = host::request_body(0, body_size) else {
+        let Some(body) = self.host.body(Body::Request, 0, body_size) else {
             warn!(
                 "#{} cannot read the buffered body; passing it through",
                 self.id
@@ -127,30 +131,34 @@ impl Gateway {
             return Action::Continue;
         };
         let cooldowns_on = self.settings().cooldown.failures > 0;
-        let mut skipped: Vec<(String, String)> = Vec::new();
+        let host = self.host.as_ref();
         let mut usable = |model: &str| {
             if !cooldowns_on {
-                return true;
+                return Ok(());
             }
-            match health::usable(model, start.started_ms) {
-                Ok(()) => true,
-                Err(reason) => {
-                    skipped.push((model.to_string(), reason));
-                    false
-                }
-            }
+            health::usable(host, model, start.started_ms)
         };
-        let decision = decide(self.settings(), start, &self.path, &body, &mut usable);
-        let plan = match decision {
+        let decision = decide(
+            self.settings(),
+            self.rule,
+            start,
+            &self.path,
+            &body,
+            &mut usable,
+        );
+        let (plan, skipped) = match decision {
             BodyDecision::Passthrough(reason) => {
                 debug!("#{} passthrough: {reason}", self.id);
                 self.passthrough_reason = Some(reason);
                 return Action::Continue;
             }
-            BodyDecision::Fallback(plan) => plan,
+            BodyDecision::Fallback(plan, skipped) => (plan, skipped),
         };
         // The plan goes first: retries without it would resend the same model.
-        if let Err(status) = host::set_property(PLAN_PROPERTY, plan.encode().as_bytes()) {
+        if let Err(status) = self
+            .host
+            .set_property(PLAN_PROPERTY, plan.encode().as_bytes())
+        {
             warn!(
                 "#{} cannot store the plan ({status:?}); passing through",
                 self.id
@@ -159,7 +167,7 @@ impl Gateway {
         }
         if let Some(router) = self.prepared.routers.get(self.rule) {
             for (name, value) in router.headers(&plan) {
-                if let Err(status) = host::set_request_header(name, Some(&value)) {
+                if let Err(status) = self.host.set_request_header(name, Some(&value)) {
                     warn!("#{} cannot set {name} ({status:?})", self.id);
                 }
             }
@@ -169,34 +177,27 @@ impl Gateway {
             self.id,
             plan.max_retries()
         );
-        // When every model was cooling, all are tried in order: none was skipped.
-        let first_key =
-            plan.chain
-                .first()
-                .zip(plan.chain_providers.first())
-                .map(|(literal, provider)| {
-                    let model = serde_json::from_str::<String>(literal).unwrap_or_default();
-                    health_key(&model, provider.as_deref())
-                });
-        if skipped
-            .iter()
-            .any(|(key, _)| Some(key) == first_key.as_ref())
-        {
-            skipped.clear();
-        }
         self.skipped = skipped;
         self.plan = Some(plan);
         Action::Continue
     }
 
-    /// The records every attempt left, in order.
-    fn attempt_records(plan: &Plan) -> Vec<AttemptRecord> {
-        (1..=plan.max_retries() as u32 + 1)
+    /// The records the attempts left, in order; the attempt role is their only
+    /// writer, and an attempt refused for lack of time, which never reached a
+    /// provider, is left out (`true` when there was one).
+    fn attempt_records(&self, plan: &Plan) -> (Vec<AttemptRecord>, bool) {
+        let mut records: Vec<AttemptRecord> = (1..=plan.max_retries() as u32 + 1)
             .map_while(|attempt| {
-                host::property(&attempt_property(attempt))
+                self.host
+                    .property(&[&attempt_property(attempt)])
                     .and_then(|bytes| AttemptRecord::decode(&bytes))
             })
-            .collect()
+            .collect();
+        let budget_refused = records.last().is_some_and(|r| r.refused_for_budget);
+        if budget_refused {
+            records.pop();
+        }
+        (records, budget_refused)
     }
 
     /// Replaces the answer with the shaped error, once the provider's message (if
@@ -204,30 +205,28 @@ impl Gateway {
     /// Returns the action for the held answer: paused when the error replaced it,
     /// let go otherwise, so that an answer is never held with nothing to end it.
     fn send_shaped_error(&mut self, final_body: &[u8]) -> Action {
-        let (Some(plan), Some(finished)) = (&self.plan, &mut self.finished) else {
+        let (Some(plan), Some(finished)) = (&self.plan, &self.finished) else {
             return Action::Continue;
         };
-        if let Some(last) = finished.records.last_mut() {
+        let (mut records, _) = self.attempt_records(plan);
+        if let Some(last) = records.last_mut() {
             if last.error_excerpt.is_none() {
                 last.error_excerpt = provider_message(final_body);
             }
         }
-        let now = host::now_ms();
-        let shaped = shaped_error(
-            plan,
-            &finished.records,
-            finished.outcome,
-            finished.status,
-            now,
-        );
+        let now = self.host.now_ms();
+        let shaped = shaped_error(plan, &records, finished.outcome, finished.status, now);
         let Some(shaped) = shaped else {
             return Action::Continue;
         };
-        finished.status = u16::try_from(shaped.status).unwrap_or(finished.status);
-        // Recorded first: the reply may end the stream, access log included, before
-        // this call returns.
+        if let Some(finished) = &mut self.finished {
+            finished.status = u16::try_from(shaped.status).unwrap_or(finished.status);
+        }
+        // Envoy sends the local reply once this callback returns; the record is
+        // written now, with the final status, whether or not that reply comes back
+        // through this filter (it is written once either way).
         self.write_record();
-        match host::send_json(shaped.status, &shaped.body) {
+        match self.host.send_json(shaped.status, &shaped.body) {
             Ok(()) => Action::Pause,
             Err(status) => {
                 warn!("#{} cannot send the final error ({status:?})", self.id);
@@ -237,7 +236,8 @@ impl Gateway {
     }
 
     /// Writes the access record and counts the request in Envoy stats, once, for a
-    /// request the gateway acted on.
+    /// request the gateway acted on. The attempts' records are read here, complete:
+    /// each attempt wrote its own when its answer ended.
     fn write_record(&mut self) {
         if self.recorded {
             return;
@@ -246,13 +246,22 @@ impl Gateway {
             return;
         };
         self.recorded = true;
-        let route = host::property_text(vec!["xds", "route_name"]).unwrap_or_default();
-        let request_id = host::property_text(vec!["request", "id"]).unwrap_or_default();
-        let no_records = Vec::new();
-        let (mut outcome, records) = match &self.finished {
-            Some(finished) => (finished.outcome, &finished.records),
-            None if self.plan.is_some() => (Outcome::Exhausted, &no_records),
-            None => (Outcome::Passthrough, &no_records),
+        let route = self
+            .host
+            .property_text(&["xds", "route_name"])
+            .unwrap_or_default();
+        let request_id = self
+            .host
+            .property_text(&["request", "id"])
+            .unwrap_or_default();
+        let records = match &self.plan {
+            Some(plan) => self.attempt_records(plan).0,
+            None => Vec::new(),
+        };
+        let mut outcome = match &self.finished {
+            Some(finished) => finished.outcome,
+            None if self.plan.is_some() => Outcome::Exhausted,
+            None => Outcome::Passthrough,
         };
         if records.iter().any(|record| record.truncated) {
             outcome = Outcome::Truncated;
@@ -261,27 +270,15 @@ impl Gateway {
             .plan
             .as_ref()
             .and_then(|plan| plan.chain.first())
-            .and_then(|literal| serde_json::from_str::<String>(literal).ok());
-        let completed_last;
-        let records = match records.split_last() {
-            Some((last, earlier)) if last.cluster.is_none() => {
-                let mut last = last.clone();
-                last.cluster = host::property_text(vec!["xds", "cluster_name"]);
-                last.host = host::property_text(vec!["upstream", "address"]);
-                last.end_ms = Some(host::now_ms().saturating_sub(last.start_ms));
-                completed_last = earlier.iter().cloned().chain([last]).collect::<Vec<_>>();
-                &completed_last
-            }
-            _ => records,
-        };
+            .map(String::as_str);
         let final_model = records.last().map(|record| record.model.as_str());
         let usage = find_usage(&self.usage_tail).unwrap_or_default();
-        let elapsed_ms = host::now_ms().saturating_sub(start.started_ms);
+        let elapsed_ms = self.host.now_ms().saturating_sub(start.started_ms);
         let record = AccessRecord {
             request_id: &request_id,
             route: &route,
             rule: self.prepared.config.rule_name(self.rule),
-            requested_model: requested.as_deref(),
+            requested_model: requested,
             final_model,
             outcome: outcome.name(),
             stream: self.plan.as_ref().is_some_and(|plan| plan.stream),
@@ -292,7 +289,10 @@ impl Gateway {
             skipped: self
                 .skipped
                 .iter()
-                .map(|(model, reason)| SkippedView { model, reason })
+                .map(|skipped| SkippedView {
+                    model: &skipped.key,
+                    reason: &skipped.reason,
+                })
                 .collect(),
             usage,
         };
@@ -306,18 +306,11 @@ impl Gateway {
             (OUTCOME_PROPERTY, outcome.name().to_string()),
         ];
         for (name, value) in properties {
-            if let Err(status) = host::set_property(name, value.as_bytes()) {
+            if let Err(status) = self.host.set_property(name, value.as_bytes()) {
                 warn!("#{} cannot write {name} ({status:?})", self.id);
             }
         }
-        self.count_stats(
-            &route,
-            requested.as_deref(),
-            records,
-            outcome,
-            usage,
-            elapsed_ms,
-        );
+        self.count_stats(&route, requested, &records, outcome, usage, elapsed_ms);
     }
 
     fn count_stats(
@@ -330,32 +323,31 @@ impl Gateway {
         elapsed_ms: u64,
     ) {
         let prepared = &self.prepared;
+        let host = self.host.as_ref();
         let bounded = |model: &str| -> String {
             access::bounded_model(model, |m| prepared.known_models.contains(m)).to_string()
         };
         let requested = bounded(requested.unwrap_or_default());
         let name = access::stat_name;
         let outcome_tag = Some(("outcome", outcome.name()));
-        prepared.count(
-            &name("requests_total", route, Some(&requested), outcome_tag),
-            1,
-        );
+        let stat = name("requests_total", route, Some(&requested), outcome_tag);
+        prepared.count(host, &stat, 1);
         for record in records {
             let class = Some(("class", record.class.as_deref().unwrap_or("no_answer")));
             let model = bounded(&record.model);
-            prepared.count(&name("attempts_total", route, Some(&model), class), 1);
+            prepared.count(host, &name("attempts_total", route, Some(&model), class), 1);
         }
         let fallbacks = records.len().saturating_sub(1) as u64;
         if fallbacks > 0 {
             let stat = name("fallbacks_total", route, Some(&requested), None);
-            prepared.count(&stat, fallbacks);
+            prepared.count(host, &stat, fallbacks);
         }
-        for (model, _) in &self.skipped {
-            let stat = name("skipped_total", route, Some(&bounded(model)), None);
-            prepared.count(&stat, 1);
+        for skipped in &self.skipped {
+            let stat = name("skipped_total", route, Some(&bounded(&skipped.key)), None);
+            prepared.count(host, &stat, 1);
         }
         if outcome == Outcome::BudgetExceeded {
-            prepared.count(&name("budget_exhausted_total", route, None, None), 1);
+            prepared.count(host, &name("budget_exhausted_total", route, None, None), 1);
         }
         if let Some(last) = records.last() {
             let model = bounded(&last.model);
@@ -368,15 +360,23 @@ impl Gateway {
                 .filter(|(_, count)| count.unwrap_or(0) > 0)
             {
                 let stat = name("tokens_total", route, Some(&model), Some(("kind", kind)));
-                prepared.count(&stat, count.unwrap_or(0));
+                prepared.count(host, &stat, count.unwrap_or(0));
             }
         }
         if self.plan.is_some() {
             let attempts = records.len() as u64;
-            prepared.observe(&name("attempts_per_request", route, None, None), attempts);
+            prepared.observe(
+                host,
+                &name("attempts_per_request", route, None, None),
+                attempts,
+            );
         }
         if access::is_success(outcome) {
-            prepared.observe(&name("time_to_success_ms", route, None, None), elapsed_ms);
+            prepared.observe(
+                host,
+                &name("time_to_success_ms", route, None, None),
+                elapsed_ms,
+            );
         }
     }
 
@@ -386,51 +386,49 @@ impl Gateway {
             return;
         }
         let start = body_size.saturating_sub(USAGE_TAIL_BYTES);
-        if let Some(chunk) = host::response_body(start, body_size - start) {
+        let len = body_size.saturating_sub(start);
+        if let Some(chunk) = self.host.body(Body::Response, start, len) {
             self.usage_tail.extend_from_slice(&chunk);
             let excess = self.usage_tail.len().saturating_sub(USAGE_TAIL_BYTES);
             self.usage_tail.drain(..excess);
         }
     }
-}
 
-impl Context for Gateway {}
-
-impl HttpContext for Gateway {
-    fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
+    pub fn request_headers(&mut self, end_of_stream: bool) -> Action {
         if end_of_stream {
             return Action::Continue;
         }
-        let method = host::request_header(":method").unwrap_or_default();
-        let path = host::request_header(":path").unwrap_or_default();
+        let method = self.host.request_header(":method").unwrap_or_default();
+        let path = self.host.request_header(":path").unwrap_or_default();
         self.select_rule(&path);
         let settings = self.settings();
         if !settings.acts_on(&method, &path) {
             return Action::Continue;
         }
-        if let Some(encoding) = host::request_header("content-encoding") {
-            if !encoding.eq_ignore_ascii_case("identity") {
-                debug!("#{} passthrough: body is {encoding}-encoded", self.id);
+        if let Some(encoding) = self.host.header(Map::Request, "content-encoding") {
+            if !encoding.eq_ignore_ascii_case(b"identity") {
+                debug!("#{} passthrough: the body is encoded", self.id);
                 return Action::Continue;
             }
         }
-        let declared_len =
-            host::request_header("content-length").and_then(|len| len.trim().parse::<usize>().ok());
+        let declared_len = self
+            .host
+            .header(Map::Request, "content-length")
+            .and_then(|len| parse_number::<usize>(&len));
         if declared_len.is_some_and(|len| len > settings.max_body_bytes) {
             return self.reject_too_large();
         }
         self.path = path;
-        let deadline = host::request_header(DEADLINE_HEADER);
+        let deadline = self.host.header(Map::Request, DEADLINE_HEADER);
         if deadline.is_some() {
             // The filter's own header: no provider needs it.
-            let _ = host::set_request_header(DEADLINE_HEADER, None);
+            let _ = self.host.set_request_header(DEADLINE_HEADER, None);
         }
         let client_deadline_ms = deadline
-            .and_then(|ms| ms.trim().parse::<u64>().ok())
+            .and_then(|ms| parse_number::<u64>(&ms))
             .filter(|ms| *ms > 0);
         self.start = Some(RequestStart {
-            rule: self.rule,
-            started_ms: host::now_ms(),
+            started_ms: self.host.now_ms(),
             client_deadline_ms,
         });
         // Hold the headers: the router reads its retry headers when it gets them, and
@@ -439,7 +437,7 @@ impl HttpContext for Gateway {
         Action::Pause
     }
 
-    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+    pub fn request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         if !self.buffering {
             return Action::Continue;
         }
@@ -452,7 +450,7 @@ impl HttpContext for Gateway {
         self.plan(body_size)
     }
 
-    fn on_http_request_trailers(&mut self, _trailers: usize) -> Action {
+    pub fn request_trailers(&mut self) -> Action {
         if self.buffering {
             // Trailers on a JSON request are too rare to plan for; nothing is lost by
             // sending it on without fallbacks.
@@ -462,7 +460,7 @@ impl HttpContext for Gateway {
         Action::Continue
     }
 
-    fn on_http_response_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
+    pub fn response_headers(&mut self, end_of_stream: bool) -> Action {
         let Some(plan) = &self.plan else {
             if end_of_stream {
                 self.write_record();
@@ -471,41 +469,22 @@ impl HttpContext for Gateway {
         };
         // Present only when the router could not retry (a circuit breaker): the
         // client must not see it.
-        if let Err(status) = host::set_response_header(RETRY_HEADER, None) {
+        if let Err(status) = self.host.set_response_header(RETRY_HEADER, None) {
             warn!("#{} cannot remove {RETRY_HEADER} ({status:?})", self.id);
         }
-        let mut records = Gateway::attempt_records(plan);
-        // An attempt refused for lack of time never reached a provider.
-        let budget_refused = records.last().is_some_and(|r| r.refused_for_budget);
-        if budget_refused {
-            records.pop();
-        }
-        let status = host::response_header(":status")
-            .and_then(|s| s.parse::<u16>().ok())
-            .unwrap_or(0);
+        let (records, budget_refused) = self.attempt_records(plan);
+        let status = self.host.response_status();
         // Envoy's own replies are failures: a success needs no look at their details.
         let details = if status < 400 {
             String::new()
         } else {
-            host::property_text(vec!["response", "code_details"]).unwrap_or_default()
+            self.host
+                .property_text(&["response", "code_details"])
+                .unwrap_or_default()
         };
         let source = Source::from_details(&details, budget_refused);
-        if source == Source::Upstream {
-            // A successful attempt leaves its record for the gateway to complete.
-            if let Some(last) = records.last_mut().filter(|r| r.class.is_none()) {
-                last.status = Some(status);
-                last.class = Some(crate::classify::Class::Success.name().to_string());
-                last.first_byte_ms = Some(host::now_ms().saturating_sub(last.start_ms));
-            }
-        }
         let outcome = outcome(&records, source, status);
-        let answered_by = records.last().map(|record| record.model.clone());
-        let attempts = records.len();
-        self.finished = Some(Finished {
-            outcome,
-            status,
-            records,
-        });
+        self.finished = Some(Finished { outcome, status });
         if matches!(outcome, Outcome::Exhausted | Outcome::BudgetExceeded) {
             debug!("#{} {}: replacing the answer", self.id, outcome.name());
             if end_of_stream {
@@ -516,18 +495,27 @@ impl HttpContext for Gateway {
         }
         if self.settings().response_headers {
             // Model names may hold any character; a header only visible ASCII.
-            if let Some(model) =
-                answered_by.filter(|m| m.bytes().all(|b| (0x20..0x7f).contains(&b)))
+            if let Some(model) = records
+                .last()
+                .map(|record| record.model.as_str())
+                .filter(|m| m.bytes().all(|b| (0x20..0x7f).contains(&b)))
             {
-                let _ = host::set_response_header("x-ai-fallback-model", Some(&model));
+                let _ = self
+                    .host
+                    .set_response_header("x-ai-fallback-model", Some(model));
             }
-            let _ =
-                host::set_response_header("x-ai-fallback-attempts", Some(&attempts.to_string()));
+            let attempts = records.len().to_string();
+            let _ = self
+                .host
+                .set_response_header("x-ai-fallback-attempts", Some(&attempts));
+        }
+        if end_of_stream {
+            self.write_record();
         }
         Action::Continue
     }
 
-    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+    pub fn response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         if !self.replacing_answer {
             if self.plan.is_some() {
                 self.keep_usage_tail(body_size);
@@ -542,12 +530,12 @@ impl HttpContext for Gateway {
         }
         self.replacing_answer = false;
         let read = body_size.min(ERROR_EXCERPT_READ_BYTES);
-        let final_body = host::response_body(0, read).unwrap_or_default();
+        let final_body = self.host.body(Body::Response, 0, read).unwrap_or_default();
         self.send_shaped_error(&final_body)
     }
 
-    fn on_log(&mut self) {
-        // A request whose answer never ended (the client went away) is recorded here.
+    /// A request whose answer never ended (the client went away) is recorded here.
+    pub fn log(&mut self) {
         self.write_record();
     }
 }

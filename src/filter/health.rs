@@ -2,10 +2,10 @@
 //! VM of one Envoy, updated with compare-and-swap so that concurrent updates from
 //! several workers are never lost.
 
+use super::host::Host;
 use super::Prepared;
 use crate::cooldown::{Availability, CooldownSettings, ModelHealth};
 use log::{debug, warn};
-use proxy_wasm::hostcalls;
 use proxy_wasm::types::{MetricType, Status};
 
 /// Attempts at one compare-and-swap update before giving up (another worker kept
@@ -18,8 +18,8 @@ fn key(model: &str) -> String {
     format!("ai_fallback.health.{model}")
 }
 
-fn read(model: &str) -> (ModelHealth, Option<u32>) {
-    match hostcalls::get_shared_data(&key(model)) {
+fn read(host: &dyn Host, model: &str) -> (ModelHealth, Option<u32>) {
+    match host.shared_data(&key(model)) {
         Ok((Some(bytes), cas)) => (ModelHealth::decode(&bytes), cas),
         Ok((None, cas)) => (ModelHealth::default(), cas),
         Err(_) => (ModelHealth::default(), None),
@@ -28,13 +28,17 @@ fn read(model: &str) -> (ModelHealth, Option<u32>) {
 
 /// Applies `change` to a model's state and stores it; `change` returns false to
 /// leave the state alone. Returns the stored state, if one was.
-fn update(model: &str, mut change: impl FnMut(&mut ModelHealth) -> bool) -> Option<ModelHealth> {
+fn update(
+    host: &dyn Host,
+    model: &str,
+    mut change: impl FnMut(&mut ModelHealth) -> bool,
+) -> Option<ModelHealth> {
     for _ in 0..CAS_TRIES {
-        let (mut health, cas) = read(model);
+        let (mut health, cas) = read(host, model);
         if !change(&mut health) {
             return None;
         }
-        match hostcalls::set_shared_data(&key(model), Some(health.encode().as_bytes()), cas) {
+        match host.set_shared_data(&key(model), health.encode().as_bytes(), cas) {
             Ok(()) => return Some(health),
             Err(Status::CasMismatch) => continue,
             Err(status) => {
@@ -48,13 +52,13 @@ fn update(model: &str, mut change: impl FnMut(&mut ModelHealth) -> bool) -> Opti
 
 /// Whether a new request may use `model` now; claims the probe when its cooldown
 /// ended. `Err` carries why it is skipped.
-pub fn usable(model: &str, now_ms: u64) -> Result<(), String> {
-    let (health, _) = read(model);
+pub fn usable(host: &dyn Host, model: &str, now_ms: u64) -> Result<(), String> {
+    let (health, _) = read(host, model);
     match health.availability(now_ms) {
         Availability::Available => Ok(()),
         Availability::Cooling => Err(health.reason),
         Availability::ProbeDue => {
-            let claimed = update(model, |health| {
+            let claimed = update(host, model, |health| {
                 let due = health.availability(now_ms) == Availability::ProbeDue;
                 if due {
                     health.claim_probe(now_ms);
@@ -74,6 +78,7 @@ pub fn usable(model: &str, now_ms: u64) -> Result<(), String> {
 
 /// Counts a retryable failure of `model`; may start its cooldown.
 pub fn record_failure(
+    host: &dyn Host,
     prepared: &Prepared,
     settings: &CooldownSettings,
     model: &str,
@@ -82,37 +87,37 @@ pub fn record_failure(
     reason: &str,
 ) {
     let mut started = false;
-    update(model, |health| {
+    update(host, model, |health| {
         started = health.record_failure(settings, now_ms, retry_after_ms, reason);
         true
     });
     if started {
         debug!("ai-fallback: {model} cools down ({reason})");
-        publish_gauge(prepared, now_ms);
+        publish_gauge(host, prepared, now_ms);
     }
 }
 
 /// A success of `model`: clears its state, if it had one.
-pub fn record_success(prepared: &Prepared, model: &str, now_ms: u64) {
-    let cleared = update(model, |health| {
+pub fn record_success(host: &dyn Host, prepared: &Prepared, model: &str, now_ms: u64) {
+    let cleared = update(host, model, |health| {
         let had_state = *health != ModelHealth::default();
         health.record_success();
         had_state
     });
     if cleared.is_some() {
-        publish_gauge(prepared, now_ms);
+        publish_gauge(host, prepared, now_ms);
     }
 }
 
 /// Sets the gauge of models cooling down now; the set of models is the
 /// configuration's, so this reads a bounded number of keys, and only on a change.
-fn publish_gauge(prepared: &Prepared, now_ms: u64) {
+fn publish_gauge(host: &dyn Host, prepared: &Prepared, now_ms: u64) {
     let cooling = prepared
         .known_models
         .iter()
-        .filter(|model| read(model).0.availability(now_ms) != Availability::Available)
+        .filter(|model| read(host, model).0.availability(now_ms) != Availability::Available)
         .count();
-    if let Some(id) = prepared.metric(MetricType::Gauge, GAUGE) {
-        let _ = hostcalls::record_metric(id, cooling as u64);
+    if let Some(id) = prepared.metric(host, MetricType::Gauge, GAUGE) {
+        let _ = host.record_metric(id, cooling as u64);
     }
 }

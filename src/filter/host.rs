@@ -1,106 +1,124 @@
-//! Host calls that cannot panic. The SDK's trait methods unwrap every host status and a
-//! panic kills the worker's VM, so the filter calls `proxy_wasm::hostcalls` directly
-//! and treats a failed call as "not available".
+//! Everything the filter asks of its host, as one trait: the roles call nothing else.
+//!
+//! Values come as bytes: a header or property is whatever a client, a provider or
+//! Envoy put there, and is decoded only where text is needed (`text`), a value that
+//! is not UTF-8 counting as absent. Calls return the host's status instead of
+//! panicking; `abi` implements them on the raw proxy-wasm ABI for Envoy, and `fake`
+//! in memory for unit tests, where any call can be made to fail.
 
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, Bytes, MapType, Status};
-use std::time::UNIX_EPOCH;
+use log::debug;
+use proxy_wasm::types::{MetricType, Status};
 
-/// Host time in milliseconds since the Unix epoch (0 if unavailable).
-pub fn now_ms() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|time| time.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |since| {
-            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
-        })
+/// Which header map a call is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Map {
+    Request,
+    Response,
 }
 
-/// An integer property (Envoy returns integers as 8 little-endian bytes), if it fits.
-pub fn property_u64<T: TryFrom<u64>>(path: Vec<&str>) -> Option<T> {
-    let bytes = hostcalls::get_property(path).ok().flatten()?;
-    let bytes: [u8; 8] = bytes.as_slice().try_into().ok()?;
-    T::try_from(u64::from_le_bytes(bytes)).ok()
+/// Which body buffer a call is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Body {
+    Request,
+    Response,
+    PluginConfiguration,
 }
 
-/// A property read as text (Envoy returns strings as raw bytes).
-pub fn property_text(path: Vec<&str>) -> Option<String> {
-    hostcalls::get_property(path)
-        .ok()
-        .flatten()
-        .and_then(|bytes| String::from_utf8(bytes).ok())
+/// Shared data: a value and its compare-and-swap token.
+pub type Shared = (Option<Vec<u8>>, Option<u32>);
+
+pub trait Host {
+    /// Milliseconds since the Unix epoch (0 if the host cannot tell).
+    fn now_ms(&self) -> u64;
+    #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))] // read by the wasm root
+    fn log_level(&self) -> Option<proxy_wasm::types::LogLevel>;
+    /// A header's value as the host holds it; `None` when absent or unreadable.
+    fn header(&self, map: Map, name: &str) -> Option<Vec<u8>>;
+    /// Sets (`Some`) or removes (`None`) a header.
+    fn set_header(&self, map: Map, name: &str, value: Option<&[u8]>) -> Result<(), Status>;
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>>;
+    /// Writes filter state under a single-segment name.
+    fn set_property(&self, name: &str, value: &[u8]) -> Result<(), Status>;
+    /// Up to `len` bytes of a buffer from `start`; `None` when unreadable.
+    fn body(&self, body: Body, start: usize, len: usize) -> Option<Vec<u8>>;
+    /// Replaces `len` bytes at `start` (Envoy: 0 for a prefix, or the end) by `bytes`.
+    fn set_body(&self, body: Body, start: usize, len: usize, bytes: &[u8]) -> Result<(), Status>;
+    /// Ends the stream with a local answer.
+    fn send_response(
+        &self,
+        status: u32,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<(), Status>;
+    fn define_metric(&self, kind: MetricType, name: &str) -> Result<u32, Status>;
+    fn increment_metric(&self, id: u32, offset: i64) -> Result<(), Status>;
+    fn record_metric(&self, id: u32, value: u64) -> Result<(), Status>;
+    fn shared_data(&self, key: &str) -> Result<Shared, Status>;
+    fn set_shared_data(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), Status>;
 }
 
-pub fn request_header(name: &str) -> Option<String> {
-    hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
-        .ok()
-        .flatten()
-}
-
-/// Sets (`Some`) or removes (`None`) a request header.
-pub fn set_request_header(name: &str, value: Option<&str>) -> Result<(), Status> {
-    hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value)
-}
-
-pub fn response_header(name: &str) -> Option<String> {
-    hostcalls::get_map_value(MapType::HttpResponseHeaders, name)
-        .ok()
-        .flatten()
-}
-
-/// Sets (`Some`) or removes (`None`) a response header.
-pub fn set_response_header(name: &str, value: Option<&str>) -> Result<(), Status> {
-    hostcalls::set_map_value(MapType::HttpResponseHeaders, name, value)
-}
-
-pub fn response_body(start: usize, len: usize) -> Option<Bytes> {
-    if len == 0 {
-        return Some(Vec::new());
+/// Bytes as text, or `None` (logged) when they are not UTF-8.
+pub fn text(what: &str, bytes: Vec<u8>) -> Option<String> {
+    match String::from_utf8(bytes) {
+        Ok(text) => Some(text),
+        Err(_) => {
+            debug!("ai-fallback: {what} is not UTF-8; treated as absent");
+            None
+        }
     }
-    hostcalls::get_buffer(BufferType::HttpResponseBody, start, len)
-        .ok()
-        .flatten()
 }
 
-/// Appends `bytes` to the response body buffered in this callback (`len` bytes).
-pub fn append_response_body(len: usize, bytes: &[u8]) -> Result<(), Status> {
-    hostcalls::set_buffer(BufferType::HttpResponseBody, len, 0, bytes)
-}
-
-pub fn property(name: &str) -> Option<Bytes> {
-    hostcalls::get_property(vec![name]).ok().flatten()
-}
-
-pub fn set_property(name: &str, value: &[u8]) -> Result<(), Status> {
-    hostcalls::set_property(vec![name], Some(value))
-}
-
-pub fn request_body(start: usize, len: usize) -> Option<Bytes> {
-    if len == 0 {
-        return Some(Vec::new());
+/// The text helpers every role uses; each decodes once, where the value is read.
+pub trait HostExt: Host {
+    fn request_header(&self, name: &str) -> Option<String> {
+        text(name, self.header(Map::Request, name)?)
     }
-    hostcalls::get_buffer(BufferType::HttpRequestBody, start, len)
-        .ok()
-        .flatten()
-}
 
-/// Replaces the first `len` bytes of the buffered request body with `bytes`.
-pub fn replace_request_body_prefix(len: usize, bytes: &[u8]) -> Result<(), Status> {
-    hostcalls::set_buffer(BufferType::HttpRequestBody, 0, len, bytes)
-}
-
-pub fn plugin_configuration(len: usize) -> Result<Bytes, Status> {
-    if len == 0 {
-        return Ok(Vec::new());
+    fn response_header(&self, name: &str) -> Option<String> {
+        text(name, self.header(Map::Response, name)?)
     }
-    hostcalls::get_buffer(BufferType::PluginConfiguration, 0, len).map(Option::unwrap_or_default)
+
+    fn set_request_header(&self, name: &str, value: Option<&str>) -> Result<(), Status> {
+        self.set_header(Map::Request, name, value.map(str::as_bytes))
+    }
+
+    fn set_response_header(&self, name: &str, value: Option<&str>) -> Result<(), Status> {
+        self.set_header(Map::Response, name, value.map(str::as_bytes))
+    }
+
+    /// The answer's `:status`, 0 when missing or not a number.
+    fn response_status(&self) -> u16 {
+        self.header(Map::Response, ":status")
+            .and_then(|status| parse_number(&status))
+            .unwrap_or(0)
+    }
+
+    fn property_text(&self, path: &[&str]) -> Option<String> {
+        text(
+            path.last().copied().unwrap_or_default(),
+            self.property(path)?,
+        )
+    }
+
+    /// An integer property (Envoy returns integers as 8 little-endian bytes), if it fits.
+    fn property_u64<T: TryFrom<u64>>(&self, path: &[&str]) -> Option<T> {
+        let bytes: [u8; 8] = self.property(path)?.as_slice().try_into().ok()?;
+        T::try_from(u64::from_le_bytes(bytes)).ok()
+    }
+
+    /// Ends the request with a local JSON answer.
+    fn send_json(&self, status: u32, body: &str) -> Result<(), Status> {
+        self.send_response(
+            status,
+            &[("content-type", "application/json")],
+            body.as_bytes(),
+        )
+    }
 }
 
-/// Ends the request with a local JSON answer.
-pub fn send_json(status: u32, body: &str) -> Result<(), Status> {
-    hostcalls::send_http_response(
-        status,
-        vec![("content-type", "application/json")],
-        Some(body.as_bytes()),
-    )
+impl<H: Host + ?Sized> HostExt for H {}
+
+/// A decimal number in a header (surrounding spaces allowed), if it is one.
+pub fn parse_number<T: std::str::FromStr>(bytes: &[u8]) -> Option<T> {
+    std::str::from_utf8(bytes).ok()?.trim().parse().ok()
 }

@@ -260,10 +260,12 @@ fn start_cut_stream_upstream() -> u16 {
 #[tokio::test]
 async fn a_stream_that_ends_early_gets_an_sse_error_event() {
     let upstream_port = start_cut_stream_upstream();
-    let envoy = Envoy::start(&example_config(
-        upstream_port,
-        &json!({"chains": {"m": ["n"]}}),
-    ));
+    let log_dir = tempfile::tempdir().unwrap();
+    let log_path = log_dir.path().join("access.log");
+    let mut config = example_config(upstream_port, &json!({"chains": {"m": ["n"]}}));
+    connection_manager(&mut config)["access_log"][0]["typed_config"]["path"] =
+        json!(log_path.display().to_string());
+    let envoy = Envoy::try_start_with(&config, &["--file-flush-interval-msec", "50"]).unwrap();
     let response = chat(&envoy, &request("m", true)).await;
     assert_eq!(response.status(), 200);
     let text = response.text().await.unwrap();
@@ -280,6 +282,20 @@ async fn a_stream_that_ends_early_gets_an_sse_error_event() {
     )
     .unwrap();
     assert_eq!(data["error"]["code"], "stream_truncated");
+    // The access record says so too.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let line = loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if let Some(line) = text.lines().next() {
+            break serde_json::from_str::<Value>(line).unwrap();
+        }
+        assert!(Instant::now() < deadline, "no access log line");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(line["ai_fallback_outcome"], "truncated", "{line}");
+    let record: Value = serde_json::from_str(line["ai_fallback"].as_str().unwrap()).unwrap();
+    assert_eq!(record["outcome"], "truncated");
+    assert!(record["attempts"][0]["end_ms"].is_u64(), "{record}");
 }
 
 /// Milliseconds from sending the request to the first byte of the body.

@@ -281,15 +281,90 @@ pub fn truncation_event() -> String {
     format!("event: error\ndata: {error}\n\n")
 }
 
-/// Whether a stream chunk marks the normal end of an OpenAI-compatible stream.
-pub fn marks_stream_end(chunk: &[u8]) -> bool {
-    contains(chunk, b"[DONE]") || contains(chunk, b"response.completed")
+/// Watches a stream, chunk by chunk, for the line that ends an OpenAI-compatible
+/// stream normally: `data: [DONE]`, or `event: response.completed` for the
+/// Responses API. A line, not text: content that says `[DONE]` sits inside a JSON
+/// string of a `data:` line and never starts one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StreamEnd {
+    /// The stream's last line so far, when it may still become an end marker.
+    partial: Vec<u8>,
+    /// The partial line is too long to be a marker, or does not start one.
+    partial_is_not_a_marker: bool,
+    pub seen: bool,
+}
+
+/// Longer lines are never end markers (`event: response.completed` is 25 bytes).
+const MARKER_LINE_MAX: usize = 40;
+
+impl StreamEnd {
+    pub fn feed(&mut self, chunk: &[u8]) {
+        for line in chunk.split_inclusive(|byte| *byte == b'\n') {
+            if !self.partial_is_not_a_marker {
+                if self.partial.len() + line.len() > MARKER_LINE_MAX {
+                    self.partial_is_not_a_marker = true;
+                    self.partial.clear();
+                } else {
+                    self.partial.extend_from_slice(line);
+                }
+            }
+            if line.ends_with(b"\n") {
+                if !self.partial_is_not_a_marker && is_end_marker(&self.partial) {
+                    self.seen = true;
+                }
+                self.partial.clear();
+                self.partial_is_not_a_marker = false;
+            }
+        }
+    }
+
+    /// The stream ended: a last line without its newline counts too.
+    pub fn finish(&mut self) {
+        if !self.partial_is_not_a_marker && is_end_marker(&self.partial) {
+            self.seen = true;
+        }
+    }
+}
+
+fn is_end_marker(line: &[u8]) -> bool {
+    let line = line.trim_ascii_end();
+    let field_value = |field: &[u8]| {
+        line.strip_prefix(field)
+            .map(|value| value.strip_prefix(b" ").unwrap_or(value))
+    };
+    field_value(b"data:") == Some(b"[DONE]")
+        || field_value(b"event:") == Some(b"response.completed")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::Config;
+
+    fn ends(chunks: &[&str]) -> bool {
+        let mut end = StreamEnd::default();
+        for chunk in chunks {
+            end.feed(chunk.as_bytes());
+        }
+        end.finish();
+        end.seen
+    }
+
+    #[test]
+    fn a_stream_ends_on_a_marker_line_not_on_text() {
+        assert!(ends(&["data: {}\n\ndata: [DONE]\n\n"]));
+        assert!(
+            ends(&["data: {}\n\nda", "ta: [DO", "NE]\n\n"]),
+            "split anywhere"
+        );
+        assert!(ends(&["data:[DONE]"]), "no space, no newline at the end");
+        assert!(ends(&["event: response.completed\r\ndata: {}\r\n\r\n"]));
+        assert!(!ends(&["data: {\"content\":\"[DONE]\"}\n\n"]));
+        assert!(!ends(&["data: {\"content\":\"response.completed\"}\n\n"]));
+        let long = format!("data: {}", "x".repeat(100));
+        assert!(!ends(&[&long, "data: [DONE]\n"]), "inside a long line");
+        assert!(!ends(&["data: {}\n\n"]));
+    }
 
     fn classes() -> Classes {
         Config::default().defaults.classes

@@ -37,9 +37,13 @@ pub const RETRY_HEADER: &str = "x-ai-fallback-retry";
 pub const DEADLINE_HEADER: &str = "x-ai-fallback-timeout-ms";
 
 /// Request headers for Envoy and the filter alone that reach the attempt role (the
-/// router removes the retry and timeout headers it reads, the gateway the client's
-/// deadline): the attempt role removes them, so no provider sees them.
-pub const HEADERS_FOR_ENVOY_ONLY: [&str; 1] = [ATTEMPT_COUNT_HEADER];
+/// router removes the retry and timeout headers it reads): the attempt role removes
+/// them from every request, acted on or not, so no provider sees them.
+pub const HEADERS_FOR_ENVOY_ONLY: [&str; 2] = [ATTEMPT_COUNT_HEADER, DEADLINE_HEADER];
+
+/// Longer model names are not planned: no real model has one, and a name a client
+/// sends is echoed in records, errors and headers.
+pub const MAX_MODEL_NAME_BYTES: usize = 256;
 
 const PLAN_VERSION: &str = "v5";
 
@@ -362,8 +366,8 @@ pub struct RequestStart {
 }
 
 /// Decides what to do with a request body the gateway has buffered completely,
-/// under the settings of rule `rule`. `usable` says whether a model (its health key)
-/// may be tried now, or why not; models that may not go to the end of the chain, in
+/// under the settings of rule `rule`. `usable` says whether a model (at a provider,
+/// if its entry names one) may be tried now, or why not; models that may not go to the end of the chain, in
 /// order: tried only when every other failed, and all in order when none may, never
 /// failing a request the filter itself refused (none is skipped then).
 pub fn decide(
@@ -372,7 +376,7 @@ pub fn decide(
     start: RequestStart,
     path: &str,
     body_bytes: &[u8],
-    usable: &mut dyn FnMut(&str) -> Result<(), String>,
+    usable: &mut dyn FnMut(&str, Option<&str>) -> Result<(), String>,
 ) -> BodyDecision {
     let top = match body::scan(body_bytes) {
         Ok(top) => top,
@@ -390,6 +394,9 @@ pub fn decide(
     let Some(requested) = body::model_name(body_bytes, span.clone()) else {
         return BodyDecision::Passthrough("model is not a string");
     };
+    if requested.len() > MAX_MODEL_NAME_BYTES {
+        return BodyDecision::Passthrough("model name is longer than 256 bytes");
+    }
     let fallbacks = settings.chain_for(&requested);
     let context_chain = settings.context_chain_for(&requested);
     if fallbacks.is_empty() && context_chain.is_empty() {
@@ -412,11 +419,11 @@ pub fn decide(
     let mut cooling: Vec<&ChainEntry> = Vec::new();
     let mut skipped = Vec::new();
     for entry in entries {
-        let key = health_key(&entry.model, entry.provider.as_deref());
-        match usable(&key) {
+        match usable(&entry.model, entry.provider.as_deref()) {
             Ok(()) => chosen.push(entry),
             Err(reason) => {
                 cooling.push(entry);
+                let key = health_key(&entry.model, entry.provider.as_deref());
                 skipped.push(Skipped { key, reason });
             }
         }
@@ -470,6 +477,9 @@ pub fn decide(
 pub struct RouterControl {
     /// `x-envoy-retry-on`
     pub retry_on: String,
+    /// The configured budget: only it sets the router's request timeout, which a
+    /// client's deadline must never lengthen past the route's own.
+    budget_ms: Option<u64>,
     /// Per-attempt limits: (non-streamed, streamed).
     attempt_timeout_ms: Option<u64>,
     first_byte_timeout_ms: Option<u64>,
@@ -485,6 +495,7 @@ impl RouterControl {
         }
         RouterControl {
             retry_on,
+            budget_ms: settings.budget.total_ms,
             attempt_timeout_ms: settings.budget.attempt_timeout_ms,
             first_byte_timeout_ms: settings
                 .budget
@@ -502,7 +513,8 @@ impl RouterControl {
         ];
         // Envoy's route timeout covers the whole response, a stream's too: a stream
         // keeps the route's, and its budget is checked as each attempt starts.
-        if let (Some(budget), false) = (plan.budget_ms, plan.stream) {
+        let configured_budget = self.budget_ms.and(plan.budget_ms);
+        if let (Some(budget), false) = (configured_budget, plan.stream) {
             headers.push(("x-envoy-upstream-rq-timeout-ms", budget.to_string()));
         }
         let per_attempt = if plan.stream {
@@ -510,8 +522,10 @@ impl RouterControl {
         } else {
             self.attempt_timeout_ms
         };
+        // A client's deadline alone limits each attempt, inside the route's timeout.
         let per_attempt = match (per_attempt, plan.budget_ms) {
             (Some(limit), Some(budget)) => Some(limit.min(budget)),
+            (None, Some(budget)) if self.budget_ms.is_none() => Some(budget),
             (limit, _) => limit,
         };
         if let Some(limit) = per_attempt {
@@ -545,7 +559,7 @@ mod tests {
         settings: &Settings,
         start: RequestStart,
         body: &[u8],
-        usable: &mut dyn FnMut(&str) -> Result<(), String>,
+        usable: &mut dyn FnMut(&str, Option<&str>) -> Result<(), String>,
     ) -> (Plan, Vec<Skipped>) {
         match decide(settings, RULE, start, "/v1/chat/completions", body, usable) {
             BodyDecision::Fallback(plan, skipped) => (plan, skipped),
@@ -554,7 +568,7 @@ mod tests {
     }
 
     fn plan_of(body: &str) -> Plan {
-        decide_with(&settings(), START, body.as_bytes(), &mut |_| Ok(())).0
+        decide_with(&settings(), START, body.as_bytes(), &mut |_, _| Ok(())).0
     }
 
     const MAIN_1: Step = Step {
@@ -611,7 +625,7 @@ mod tests {
     #[test]
     fn cooling_models_go_last() {
         let body = br#"{"model":"a"}"#;
-        let mut skip_a = |model: &str| match model {
+        let mut skip_a = |model: &str, _: Option<&str>| match model {
             "a" => Err("failure_status".to_string()),
             _ => Ok(()),
         };
@@ -628,7 +642,7 @@ mod tests {
         assert!(plan.rewrites(Step::FIRST));
         assert_eq!(plan.model(Step::FIRST), "b");
         assert_eq!(Plan::decode(plan.encode().as_bytes()), Some(plan));
-        let mut all_cooling = |_: &str| Err("no_capacity".to_string());
+        let mut all_cooling = |_: &str, _: Option<&str>| Err("no_capacity".to_string());
         let (plan, skipped) = decide_with(&settings(), START, body, &mut all_cooling);
         assert_eq!(plan.chain, ["a", "b", "c"], "all cooling: all tried");
         assert_eq!(skipped, [], "none was left out");
@@ -644,7 +658,7 @@ mod tests {
         .unwrap()
         .defaults;
         let body = br#"{"model":"a"}"#;
-        let (plan, _) = decide_with(&settings, START, body, &mut |_| Ok(()));
+        let (plan, _) = decide_with(&settings, START, body, &mut |_, _| Ok(()));
         assert_eq!(plan.chain, ["a", "b", "a", "their b"]);
         assert_eq!(
             plan.chain_providers,
@@ -694,7 +708,7 @@ mod tests {
                         START,
                         "/v1/chat/completions",
                         body.as_bytes(),
-                        &mut |_| Ok(())
+                        &mut |_, _| Ok(())
                     ),
                     BodyDecision::Passthrough(_)
                 ),
@@ -786,7 +800,7 @@ mod tests {
             ..START
         };
         let budget_with = |start| {
-            decide_with(&settings(), start, br#"{"model":"a"}"#, &mut |_| Ok(()))
+            decide_with(&settings(), start, br#"{"model":"a"}"#, &mut |_, _| Ok(()))
                 .0
                 .budget_ms
         };
@@ -796,6 +810,50 @@ mod tests {
             Some(5000),
             "a client cannot lengthen it"
         );
+    }
+
+    #[test]
+    fn model_names_past_the_limit_are_not_planned() {
+        let settings = Config::parse(br#"{"default_chain":["d"]}"#)
+            .unwrap()
+            .defaults;
+        let decide_for = |name: String| {
+            let body = format!(r#"{{"model":"{name}"}}"#);
+            decide(&settings, 0, START, "/p", body.as_bytes(), &mut |_, _| {
+                Ok(())
+            })
+        };
+        let longest = "m".repeat(MAX_MODEL_NAME_BYTES);
+        assert!(matches!(decide_for(longest), BodyDecision::Fallback(..)));
+        let too_long = "m".repeat(MAX_MODEL_NAME_BYTES + 1);
+        assert!(matches!(
+            decide_for(too_long),
+            BodyDecision::Passthrough("model name is longer than 256 bytes")
+        ));
+    }
+
+    #[test]
+    fn a_client_deadline_alone_limits_each_attempt_not_the_request() {
+        let settings = Config::parse(br#"{"chains":{"a":["b"]}}"#)
+            .unwrap()
+            .defaults;
+        let start = RequestStart {
+            client_deadline_ms: Some(30_000),
+            ..START
+        };
+        let body = br#"{"model":"a"}"#;
+        let (plan, _) = decide_with(&settings, start, body, &mut |_, _| Ok(()));
+        let headers = RouterControl::new(&settings).headers(&plan);
+        assert!(
+            !headers
+                .iter()
+                .any(|(name, _)| *name == "x-envoy-upstream-rq-timeout-ms"),
+            "the route's timeout stays the total: {headers:?}"
+        );
+        assert!(headers.contains(&(
+            "x-envoy-upstream-rq-per-try-timeout-ms",
+            "30000".to_string()
+        )));
     }
 
     #[test]

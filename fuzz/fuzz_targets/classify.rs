@@ -7,8 +7,8 @@
 #![no_main]
 
 use ai_fallback::classify::{
-    classify_body, classify_headers, first_event, is_error_envelope, marks_stream_end, BodyKind,
-    BodyVerdict, RequestFacts,
+    classify_body, classify_headers, first_event, is_error_envelope, BodyKind, BodyVerdict,
+    RequestFacts, StreamEnd,
 };
 use ai_fallback::config::Config;
 use ai_fallback::outcome::provider_message;
@@ -29,7 +29,16 @@ fuzz_target!(|data: &[u8]| {
     let _ = classify_headers(classes, request, status, &content_type);
 
     let _ = is_error_envelope(body);
-    let _ = marks_stream_end(body);
+    // The end marker is found wherever the stream's chunks are cut.
+    let mut whole = StreamEnd::default();
+    whole.feed(body);
+    whole.finish();
+    let mut chunked = StreamEnd::default();
+    for chunk in body.chunks(usize::from(control % 16) + 1) {
+        chunked.feed(chunk);
+    }
+    chunked.finish();
+    assert_eq!(whole.seen, chunked.seen);
     if let Some(message) = provider_message(body) {
         assert!(message.chars().count() <= 200, "{message}");
     }

@@ -84,7 +84,7 @@ fuzz_target!(|data: &[u8]| {
     };
     // Models alternate between cooling and not, as the input's bytes say.
     let mut cooling = data.iter().map(|b| b & 1 == 1).cycle();
-    let mut usable = |_: &str| match cooling.next() {
+    let mut usable = |_: &str, _: Option<&str>| match cooling.next() {
         Some(true) => Err("failure_status".to_string()),
         _ => Ok(()),
     };

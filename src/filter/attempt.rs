@@ -6,8 +6,8 @@ use super::host::{parse_number, Body, Host, HostExt, Map};
 use super::{health, Prepared};
 use crate::body::{model_literal, rewritten_prefix};
 use crate::classify::{
-    classify_body, classify_headers, marks_stream_end, truncation_event, BodyKind, BodyVerdict,
-    Class, HeaderVerdict,
+    classify_body, classify_headers, truncation_event, BodyKind, BodyVerdict, Class, HeaderVerdict,
+    StreamEnd,
 };
 use crate::cooldown::{health_key, retry_after_ms};
 use crate::outcome::provider_message;
@@ -19,9 +19,6 @@ use log::{debug, warn};
 use proxy_wasm::types::Action;
 use std::ops::Range;
 use std::rc::Rc;
-
-/// Longest end marker looked for across chunk boundaries (`response.completed`).
-const END_MARKER_TAIL: usize = 24;
 
 pub struct Attempt {
     id: u32,
@@ -57,7 +54,7 @@ enum Response {
     /// Headers are held until the body tells what the answer is.
     Inspecting { kind: BodyKind, status: u16 },
     /// A successful stream: watched for an end that comes too early.
-    Streaming { tail: Vec<u8>, saw_end: bool },
+    Streaming(StreamEnd),
 }
 
 impl Attempt {
@@ -85,8 +82,7 @@ impl Attempt {
             Some(record) => {
                 if record.class.is_none() {
                     // No answer came: a timeout or a reset, which the router retried.
-                    let key = health_key(&record.model, record.provider.as_deref());
-                    self.note_health(plan, &key, Class::FailureStatus, None, "no_answer");
+                    self.note_health(plan, &record, Class::FailureStatus, "no_answer");
                 }
                 plan.next_step(record.step(), record.class())
             }
@@ -160,34 +156,28 @@ impl Attempt {
         (aligned, provider.map(str::to_string), Some(path))
     }
 
-    /// Tells the shared model health about an answer (when cooldowns are on).
-    fn note_health(
-        &self,
-        plan: &Plan,
-        model: &str,
-        class: Class,
-        retry_after: Option<&str>,
-        reason: &str,
-    ) {
+    /// Tells the shared model health about an attempt's answer (when cooldowns are
+    /// on). Only models the configuration names have a health: a name a client made
+    /// up must not take shared memory.
+    fn note_health(&self, plan: &Plan, record: &AttemptRecord, class: Class, reason: &str) {
         let cooldown = &self.prepared.config.settings(plan.rule).cooldown;
-        if cooldown.failures == 0 {
+        if cooldown.failures == 0 || !self.prepared.known_models.contains(&record.model) {
             return;
         }
+        let key = health_key(&record.model, record.provider.as_deref());
         let now = self.host.now_ms();
+        let host = self.host.as_ref();
         match class {
             // A too long prompt or a client error says nothing about the model.
             Class::ContextLength | Class::Final => {}
-            Class::Success => {
-                health::record_success(self.host.as_ref(), &self.prepared, model, now)
-            }
+            Class::Success => health::record_success(host, &self.prepared, &key, now),
             _ => {
-                let retry_after = retry_after.and_then(retry_after_ms);
-                let host = self.host.as_ref();
+                let retry_after = record.retry_after.as_deref().and_then(retry_after_ms);
                 health::record_failure(
                     host,
                     &self.prepared,
                     cooldown,
-                    model,
+                    &key,
                     now,
                     retry_after,
                     reason,
@@ -196,14 +186,26 @@ impl Attempt {
         }
     }
 
+    /// A fallback attempt that goes to a model whose cooldown ended probes it: the
+    /// claim keeps other requests off it until this one's answer tells.
+    fn claim_probe(&self) {
+        let Some(planned) = &self.planned else {
+            return;
+        };
+        let cooldown = &self.prepared.config.settings(planned.plan.rule).cooldown;
+        let record = &planned.record;
+        if cooldown.failures > 0 && self.prepared.known_models.contains(&record.model) {
+            let key = health_key(&record.model, record.provider.as_deref());
+            // Sent either way: a probe another request claimed meanwhile runs twice.
+            let _ = health::claim_probe(self.host.as_ref(), &key, record.start_ms);
+        }
+    }
+
     /// Records the answer and, when another model may succeed, marks it for the
     /// router to retry. The last model's answer goes to the client as it came.
     fn conclude(&mut self, class: Class, excerpt: Option<String>) {
         if let Some(planned) = &self.planned {
-            let record = &planned.record;
-            let retry_after = record.retry_after.as_deref();
-            let key = health_key(&record.model, record.provider.as_deref());
-            self.note_health(&planned.plan, &key, class, retry_after, class.name());
+            self.note_health(&planned.plan, &planned.record, class, class.name());
         }
         let Some(planned) = &mut self.planned else {
             return;
@@ -226,6 +228,9 @@ impl Attempt {
             {
                 warn!("#{} cannot ask for a retry ({status:?})", self.id);
             }
+        } else if let Err(status) = self.host.set_response_header(RETRY_HEADER, None) {
+            // An upstream that sends the header itself must not make the router retry.
+            warn!("#{} cannot remove {RETRY_HEADER} ({status:?})", self.id);
         }
         let watch_stream = class == Class::Success
             && planned.plan.stream
@@ -236,10 +241,12 @@ impl Attempt {
                 .classes
                 .stream_errors;
         self.response = if watch_stream {
-            Response::Streaming {
-                tail: Vec::new(),
-                saw_end: false,
+            // An error event may be appended at its end: a declared length would
+            // cut it off (Envoy frames the stream itself without one).
+            if let Err(status) = self.host.set_response_header("content-length", None) {
+                warn!("#{} cannot remove content-length ({status:?})", self.id);
             }
+            Response::Streaming(StreamEnd::default())
         } else {
             Response::Idle
         };
@@ -267,18 +274,18 @@ impl Attempt {
     }
 
     fn watch_stream(&mut self, chunk_size: usize, end_of_stream: bool) {
-        let Response::Streaming { tail, saw_end } = &mut self.response else {
+        let Response::Streaming(end) = &mut self.response else {
             return;
         };
-        if !*saw_end && chunk_size > 0 {
+        if !end.seen && chunk_size > 0 {
             if let Some(chunk) = self.host.body(Body::Response, 0, chunk_size) {
-                tail.extend_from_slice(&chunk);
-                *saw_end = marks_stream_end(tail);
-                let keep_from = tail.len().saturating_sub(END_MARKER_TAIL);
-                tail.drain(..keep_from);
+                end.feed(&chunk);
             }
         }
-        if end_of_stream && !*saw_end {
+        if end_of_stream {
+            end.finish();
+        }
+        if end_of_stream && !end.seen {
             // The upstream ended the stream cleanly but before its end marker: say so
             // in the stream rather than let it look complete.
             debug!("#{} stream ended early: appending an error event", self.id);
@@ -376,6 +383,9 @@ impl Attempt {
         });
         if let Some(remaining) = too_late {
             return self.refuse_for_budget(remaining);
+        }
+        if attempt > 1 {
+            self.claim_probe();
         }
         if let (Some(literal), Some(length), false) = (literal, rewritten_len, end_of_stream) {
             // Computed from the original length, not the header, which an earlier

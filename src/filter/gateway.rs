@@ -8,6 +8,7 @@ use crate::access::{
     FINAL_MODEL_PROPERTY, OUTCOME_PROPERTY, RECORD_PROPERTY, USAGE_TAIL_BYTES,
 };
 use crate::config::{RouteFacts, Settings};
+use crate::cooldown::health_key;
 use crate::outcome::{outcome, provider_message, shaped_error, Outcome, Source};
 use crate::plan::{
     attempt_property, decide, AttemptRecord, BodyDecision, Plan, RequestStart, Skipped,
@@ -131,12 +132,23 @@ impl Gateway {
             return Action::Continue;
         };
         let cooldowns_on = self.settings().cooldown.failures > 0;
-        let host = self.host.as_ref();
-        let mut usable = |model: &str| {
-            if !cooldowns_on {
+        let (host, known_models) = (self.host.as_ref(), &self.prepared.known_models);
+        // The first model chosen is where the first attempt goes: its probe, if due,
+        // is claimed now; a later one's by the attempt that sends to it.
+        let mut first_chosen = true;
+        let mut usable = |model: &str, provider: Option<&str>| {
+            if !cooldowns_on || !known_models.contains(model) {
+                first_chosen = false;
                 return Ok(());
             }
-            health::usable(host, model, start.started_ms)
+            let key = health_key(model, provider);
+            let usable = if first_chosen {
+                health::claim_probe(host, &key, start.started_ms)
+            } else {
+                health::usable(host, &key, start.started_ms)
+            };
+            first_chosen &= usable.is_err();
+            usable
         };
         let decision = decide(
             self.settings(),
@@ -164,6 +176,11 @@ impl Gateway {
                 self.id
             );
             return Action::Continue;
+        }
+        // An answer the attempt role may have to read must not come compressed; the
+        // client's own encoding is Envoy's compressor's business.
+        if let Err(status) = self.host.set_request_header("accept-encoding", None) {
+            warn!("#{} cannot remove accept-encoding ({status:?})", self.id);
         }
         if let Some(router) = self.prepared.routers.get(self.rule) {
             for (name, value) in router.headers(&plan) {
@@ -419,12 +436,10 @@ impl Gateway {
             return self.reject_too_large();
         }
         self.path = path;
-        let deadline = self.host.header(Map::Request, DEADLINE_HEADER);
-        if deadline.is_some() {
-            // The filter's own header: no provider needs it.
-            let _ = self.host.set_request_header(DEADLINE_HEADER, None);
-        }
-        let client_deadline_ms = deadline
+        // The attempt role removes the header before the request leaves.
+        let client_deadline_ms = self
+            .host
+            .header(Map::Request, DEADLINE_HEADER)
             .and_then(|ms| parse_number::<u64>(&ms))
             .filter(|ms| *ms > 0);
         self.start = Some(RequestStart {

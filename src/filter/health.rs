@@ -50,29 +50,39 @@ fn update(
     None
 }
 
-/// Whether a new request may use `model` now; claims the probe when its cooldown
-/// ended. `Err` carries why it is skipped.
+/// Whether a new request may use `model` now; `Err` carries why it is skipped. A
+/// model whose cooldown ended is usable: its probe is claimed by the request that
+/// sends to it first (`claim_probe`), so that one probe runs at a time.
 pub fn usable(host: &dyn Host, model: &str, now_ms: u64) -> Result<(), String> {
     let (health, _) = read(host, model);
     match health.availability(now_ms) {
-        Availability::Available => Ok(()),
+        Availability::Available | Availability::ProbeDue => Ok(()),
         Availability::Cooling => Err(health.reason),
-        Availability::ProbeDue => {
-            let claimed = update(host, model, |health| {
-                let due = health.availability(now_ms) == Availability::ProbeDue;
-                if due {
-                    health.claim_probe(now_ms);
-                }
-                due
-            });
-            match claimed {
-                Some(_) => {
-                    debug!("ai-fallback: probing {model}");
-                    Ok(())
-                }
-                None => Err(health.reason),
-            }
+    }
+}
+
+/// Like `usable`, and claims the probe of `model` when it is due: for the model a
+/// request sends to. `Err` when it cools, or another request claimed its probe.
+pub fn claim_probe(host: &dyn Host, model: &str, now_ms: u64) -> Result<(), String> {
+    let (health, _) = read(host, model);
+    match health.availability(now_ms) {
+        Availability::Available => return Ok(()),
+        Availability::Cooling => return Err(health.reason),
+        Availability::ProbeDue => {}
+    }
+    let claimed = update(host, model, |health| {
+        let due = health.availability(now_ms) == Availability::ProbeDue;
+        if due {
+            health.claim_probe(now_ms);
         }
+        due
+    });
+    match claimed {
+        Some(_) => {
+            debug!("ai-fallback: probing {model}");
+            Ok(())
+        }
+        None => Err(health.reason),
     }
 }
 

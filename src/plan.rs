@@ -365,6 +365,10 @@ pub struct RequestStart {
     pub client_deadline_ms: Option<u64>,
 }
 
+/// Whether a model (at a provider, if its entry names one) may be tried now, or
+/// why not.
+pub type Usable<'a> = dyn FnMut(&str, Option<&str>) -> Result<(), String> + 'a;
+
 /// Decides what to do with a request body the gateway has buffered completely,
 /// under the settings of rule `rule`. `usable` says whether a model (at a provider,
 /// if its entry names one) may be tried now, or why not; models that may not go to the end of the chain, in
@@ -376,7 +380,7 @@ pub fn decide(
     start: RequestStart,
     path: &str,
     body_bytes: &[u8],
-    usable: &mut dyn FnMut(&str, Option<&str>) -> Result<(), String>,
+    usable: &mut Usable,
 ) -> BodyDecision {
     let top = match body::scan(body_bytes) {
         Ok(top) => top,
@@ -559,7 +563,7 @@ mod tests {
         settings: &Settings,
         start: RequestStart,
         body: &[u8],
-        usable: &mut dyn FnMut(&str, Option<&str>) -> Result<(), String>,
+        usable: &mut Usable,
     ) -> (Plan, Vec<Skipped>) {
         match decide(settings, RULE, start, "/v1/chat/completions", body, usable) {
             BodyDecision::Fallback(plan, skipped) => (plan, skipped),

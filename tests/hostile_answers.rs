@@ -23,8 +23,11 @@ use std::time::{Duration, Instant};
 
 const CHAT: &str = "/v1/chat/completions";
 
+/// A request's headers, names lowercased.
+type HeaderList = Vec<(String, String)>;
+
 /// What a raw upstream received: each request's model and headers, in order.
-type Seen = Arc<Mutex<Vec<(String, Vec<(String, String)>)>>>;
+type Seen = Arc<Mutex<Vec<(String, HeaderList)>>>;
 
 /// The request headers a raw upstream hands to its answer.
 type Headers = [(String, String)];
@@ -58,7 +61,8 @@ fn raw_upstream(answer: impl Fn(&str, usize, &Headers) -> Vec<u8> + Send + 'stat
     (port, seen)
 }
 
-fn read_request(stream: &mut std::net::TcpStream) -> Option<(Vec<(String, String)>, Vec<u8>)> {
+/// One request's headers (names lowercased) and body.
+fn read_request(stream: &mut std::net::TcpStream) -> Option<(HeaderList, Vec<u8>)> {
     let mut request = Vec::new();
     let mut buffer = [0u8; 8192];
     loop {
@@ -71,7 +75,7 @@ fn read_request(stream: &mut std::net::TcpStream) -> Option<(Vec<(String, String
             continue;
         };
         let head = String::from_utf8_lossy(&request[..head_end]).to_string();
-        let headers: Vec<(String, String)> = head
+        let headers: HeaderList = head
             .lines()
             .skip(1)
             .filter_map(|line| {

@@ -521,21 +521,25 @@ impl RouterControl {
         if let (Some(budget), false) = (configured_budget, plan.stream) {
             headers.push(("x-envoy-upstream-rq-timeout-ms", budget.to_string()));
         }
+        if let Some(limit) = self.per_try_timeout_ms(plan) {
+            headers.push(("x-envoy-upstream-rq-per-try-timeout-ms", limit.to_string()));
+        }
+        headers
+    }
+
+    /// How long the router gives each attempt for its answer's headers.
+    pub fn per_try_timeout_ms(&self, plan: &Plan) -> Option<u64> {
         let per_attempt = if plan.stream {
             self.first_byte_timeout_ms
         } else {
             self.attempt_timeout_ms
         };
         // A client's deadline alone limits each attempt, inside the route's timeout.
-        let per_attempt = match (per_attempt, plan.budget_ms) {
+        match (per_attempt, plan.budget_ms) {
             (Some(limit), Some(budget)) => Some(limit.min(budget)),
             (None, Some(budget)) if self.budget_ms.is_none() => Some(budget),
             (limit, _) => limit,
-        };
-        if let Some(limit) = per_attempt {
-            headers.push(("x-envoy-upstream-rq-per-try-timeout-ms", limit.to_string()));
         }
-        headers
     }
 }
 

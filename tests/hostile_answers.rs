@@ -36,6 +36,16 @@ type Headers = [(String, String)];
 /// gives for its model, the number of earlier requests for that model, and its
 /// headers.
 fn raw_upstream(answer: impl Fn(&str, usize, &Headers) -> Vec<u8> + Send + 'static) -> (u16, Seen) {
+    raw_upstream_in_parts(move |model, nth, headers| vec![(0, answer(model, nth, headers))])
+}
+
+/// Parts of an answer, each sent after a pause of so many milliseconds.
+type Parts = Vec<(u64, Vec<u8>)>;
+
+/// `raw_upstream` whose answers come in parts, each connection on its own thread.
+fn raw_upstream_in_parts(
+    answer: impl Fn(&str, usize, &Headers) -> Parts + Send + 'static,
+) -> (u16, Seen) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let seen: Seen = Arc::default();
@@ -52,10 +62,17 @@ fn raw_upstream(answer: impl Fn(&str, usize, &Headers) -> Vec<u8> + Send + 'stat
                 .and_then(|body| body["model"].as_str().map(str::to_string))
                 .unwrap_or_default();
             let count = counts.entry(model.clone()).or_default();
-            let response = answer(&model, *count, &headers);
+            let parts = answer(&model, *count, &headers);
             *count += 1;
             log.lock().unwrap().push((model, headers));
-            let _ = stream.write_all(&response);
+            std::thread::spawn(move || {
+                for (pause_ms, bytes) in parts {
+                    std::thread::sleep(Duration::from_millis(pause_ms));
+                    if stream.write_all(&bytes).is_err() {
+                        return;
+                    }
+                }
+            });
         }
     });
     (port, seen)
@@ -380,4 +397,88 @@ async fn end_markers_inside_content_do_not_end_a_stream() {
     assert_eq!(status, 200);
     assert!(text.contains("say [DONE]"), "{text}");
     assert!(text.contains("stream_truncated"), "{text}");
+}
+
+/// One chunk of a chunked HTTP/1.1 body.
+fn chunk(data: &str) -> Vec<u8> {
+    format!("{:x}\r\n{data}\r\n", data.len()).into_bytes()
+}
+
+/// The head of an answer with `content-length`, its body to come later.
+fn head(status: &str, content_type: &str, body_len: usize) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {status}\r\nconnection: close\r\ncontent-type: {content_type}\r\n\
+         content-length: {body_len}\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// An answer whose headers came in time is not cut by the per-try timeout while
+/// the attempt role reads its body: a 200 whose body takes 2.5 s, and a stream that
+/// sent a comment at once and its first event after 2.5 s, with a 1 s limit.
+#[tokio::test]
+async fn a_slow_body_after_timely_headers_is_not_thrown_away() {
+    let (port, seen) = raw_upstream_in_parts(|model, _, _| match model {
+        "slow-body" => {
+            let body = br#"{"model":"slow-body","choices":[]}"#.to_vec();
+            vec![
+                (0, head("200 OK", "application/json", body.len())),
+                (2500, body),
+            ]
+        }
+        "slow-stream" => {
+            let head = b"HTTP/1.1 200 OK\r\nconnection: close\r\n\
+                content-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+            let mut first = head.to_vec();
+            first.extend(chunk(": keep-alive\n\n"));
+            let mut rest = chunk("data: {\"choices\":[]}\n\n");
+            rest.extend(chunk("data: [DONE]\n\n"));
+            rest.extend(b"0\r\n\r\n");
+            vec![(0, first), (2500, rest)]
+        }
+        other => vec![(0, json_ok(other))],
+    });
+    let envoy = Envoy::start(&example_config(
+        port,
+        &json!({"chains": {"slow-body": ["backup"], "slow-stream": ["backup"]},
+                "attempt_timeout_ms": 1000, "first_byte_timeout_ms": 1000}),
+    ));
+    let (status, body) = post(&envoy, &[], &chat_request("slow-body")).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("slow-body"), "{body}");
+    let request = json!({"model": "slow-stream", "stream": true, "messages": []});
+    let (status, text) = post(&envoy, &[], &request).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("data: {\"choices\":[]}"), "{text}");
+    assert_eq!(
+        models(&seen),
+        ["slow-body", "slow-stream"],
+        "no model billed twice"
+    );
+}
+
+/// When the last model's failure comes with a body that stalls, the client gets the
+/// JSON error at once (the body is waited for 200 ms at most), not Envoy's
+/// plain-text timeout.
+#[tokio::test]
+async fn a_last_failure_whose_body_stalls_gets_the_json_error_in_time() {
+    let (port, _) = raw_upstream_in_parts(|_, _, _| {
+        vec![
+            (0, head("502 Bad Gateway", "application/json", 100)),
+            (0, br#"{"error": {"mess"#.to_vec()),
+            (10_000, vec![b' '; 84]),
+        ]
+    });
+    let mut config = example_config(port, &json!({"chains": {"a": ["b"]}}));
+    connection_manager(&mut config)["route_config"]["virtual_hosts"][0]["routes"][0]["route"]
+        ["timeout"] = json!("8s");
+    let envoy = Envoy::start(&config);
+    let started = Instant::now();
+    let (status, body) = post(&envoy, &[], &chat_request("a")).await;
+    let elapsed = started.elapsed();
+    assert_eq!(status, 502, "{body}");
+    let error: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(error["error"]["code"], "fallbacks_exhausted", "{body}");
+    assert_eq!(error["error"]["attempts"].as_array().unwrap().len(), 2);
+    assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
 }

@@ -5,12 +5,15 @@
 //! imports and return every status as it came.
 
 use super::host::{Body, Host, Map, Shared};
-use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, Status};
+use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, Status, StreamType};
 use std::ptr::{null, null_mut};
 
 #[link(wasm_import_module = "env")]
 extern "C" {
     fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
+    fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+    fn proxy_set_effective_context(context_id: u32) -> u32;
+    fn proxy_continue_stream(stream_type: u32) -> u32;
     fn proxy_get_log_level(return_level: *mut u32) -> u32;
     fn proxy_get_header_map_value(
         map_type: u32,
@@ -279,6 +282,19 @@ impl Host for Envoy {
 
     fn record_metric(&self, id: u32, value: u64) -> Result<(), Status> {
         status(unsafe { proxy_record_metric(id, value) })
+    }
+
+    fn set_tick_period(&self, ms: u64) -> Result<(), Status> {
+        let ms = u32::try_from(ms).unwrap_or(u32::MAX);
+        status(unsafe { proxy_set_tick_period_milliseconds(ms) })
+    }
+
+    fn set_effective_context(&self, context_id: u32) -> Result<(), Status> {
+        status(unsafe { proxy_set_effective_context(context_id) })
+    }
+
+    fn resume_response(&self) -> Result<(), Status> {
+        status(unsafe { proxy_continue_stream(StreamType::HttpResponse as u32) })
     }
 
     fn shared_data(&self, key: &str) -> Result<Shared, Status> {

@@ -2,6 +2,7 @@
 //! the buffered request. It writes that attempt's model into the body, reads the
 //! answer, and asks the router for the next attempt when another model may succeed.
 
+use super::deadlines::{OnExpiry, TICK_MS};
 use super::host::{parse_number, Body, Host, HostExt, Map};
 use super::{health, Prepared};
 use crate::body::{model_literal, rewritten_prefix};
@@ -38,6 +39,19 @@ struct Planned {
     /// writes it as the attempt starts (a reset or timeout leaves it so), when the
     /// answer is classified, and when the answer ends.
     record: AttemptRecord,
+}
+
+/// How long before the router's per-try timeout a held answer goes on: a few ticks.
+const RELEASE_MARGIN_MS: u64 = 3 * TICK_MS;
+
+/// The class of an answer that went on before it could be read: passed on as it
+/// came, never retried.
+fn uninspected(status: u16) -> Class {
+    if (200..300).contains(&status) {
+        Class::Success
+    } else {
+        Class::Final
+    }
 }
 
 /// The longest `Retry-After` value kept: a date is 29 bytes.
@@ -483,13 +497,43 @@ impl Attempt {
                 Action::Continue
             }
             HeaderVerdict::Inspect(kind) => {
+                // Envoy's per-try timeout runs until the headers go on: they must go
+                // before it fires, read or not, or a good answer would be thrown away.
+                let now = self.host.now_ms();
+                match self.release_at() {
+                    Some(at) if at <= now => {
+                        self.conclude(uninspected(status), None);
+                        return Action::Continue;
+                    }
+                    Some(at) => {
+                        let deadlines = &self.prepared.deadlines;
+                        deadlines.set(self.host.as_ref(), self.id, at, OnExpiry::Release);
+                    }
+                    None => {}
+                }
                 self.response = Response::Inspecting { kind, status };
                 Action::Pause
             }
         }
     }
 
+    /// When a held answer must go on: shortly before the router's per-try timeout.
+    fn release_at(&self) -> Option<u64> {
+        let planned = self.planned.as_ref()?;
+        let router = self.prepared.routers.get(planned.plan.rule)?;
+        let limit = router.per_try_timeout_ms(&planned.plan)?;
+        let at = planned.record.start_ms.saturating_add(limit);
+        Some(at.saturating_sub(RELEASE_MARGIN_MS))
+    }
+
     pub fn response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if let Response::Inspecting { status, .. } = self.response {
+            if self.prepared.deadlines.expired(self.id) {
+                // The tick let the headers go before the per-try timeout.
+                self.prepared.deadlines.clear(self.host.as_ref(), self.id);
+                self.conclude(uninspected(status), None);
+            }
+        }
         if let Response::Inspecting { kind, status } = self.response {
             let Some(planned) = &self.planned else {
                 return Action::Continue;
@@ -503,6 +547,7 @@ impl Attempt {
             match classify_body(classes, facts, status, kind, &prefix, complete) {
                 BodyVerdict::NeedMore => return Action::Pause,
                 BodyVerdict::Decided(class) => {
+                    self.prepared.deadlines.clear(self.host.as_ref(), self.id);
                     let excerpt = class
                         .is_retryable()
                         .then(|| provider_message(&prefix))
@@ -517,5 +562,10 @@ impl Attempt {
             self.answer_ended();
         }
         Action::Continue
+    }
+
+    /// The stream is gone: a hold it had no longer waits.
+    pub fn log(&mut self) {
+        self.prepared.deadlines.clear(self.host.as_ref(), self.id);
     }
 }

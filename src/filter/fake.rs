@@ -23,9 +23,12 @@ pub enum Call {
     RecordMetric,
     SharedData,
     SetSharedData,
+    SetTickPeriod,
+    SetEffectiveContext,
+    ResumeResponse,
 }
 
-pub const ALL_CALLS: [Call; 14] = [
+pub const ALL_CALLS: [Call; 17] = [
     Call::Now,
     Call::LogLevel,
     Call::Header,
@@ -40,6 +43,9 @@ pub const ALL_CALLS: [Call; 14] = [
     Call::RecordMetric,
     Call::SharedData,
     Call::SetSharedData,
+    Call::SetTickPeriod,
+    Call::SetEffectiveContext,
+    Call::ResumeResponse,
 ];
 
 #[derive(Default)]
@@ -57,6 +63,10 @@ pub struct State {
     pub metric_names: Vec<String>,
     pub metric_values: BTreeMap<String, u64>,
     pub shared: BTreeMap<String, (Vec<u8>, u32)>,
+    pub tick_period_ms: u64,
+    pub effective_context: Option<u32>,
+    /// Held answers let go, by the context that was effective.
+    pub resumed: Vec<Option<u32>>,
     /// Kinds of call that fail (a getter returns nothing, a setter an error).
     pub failing: BTreeSet<Call>,
     /// Kinds of call made so far.
@@ -212,6 +222,26 @@ impl Host for FakeHost {
         let mut state = self.state.borrow_mut();
         let name = state.metric_names[id as usize].clone();
         state.metric_values.insert(name, value);
+        Ok(())
+    }
+
+    fn set_tick_period(&self, ms: u64) -> Result<(), Status> {
+        self.check(Call::SetTickPeriod)?;
+        self.state.borrow_mut().tick_period_ms = ms;
+        Ok(())
+    }
+
+    fn set_effective_context(&self, context_id: u32) -> Result<(), Status> {
+        self.check(Call::SetEffectiveContext)?;
+        self.state.borrow_mut().effective_context = Some(context_id);
+        Ok(())
+    }
+
+    fn resume_response(&self) -> Result<(), Status> {
+        self.check(Call::ResumeResponse)?;
+        let mut state = self.state.borrow_mut();
+        let context = state.effective_context;
+        state.resumed.push(context);
         Ok(())
     }
 

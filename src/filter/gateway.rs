@@ -1,6 +1,7 @@
 //! The gateway role: runs once per client request, before the router. It plans the
 //! fallbacks from the body, and on the way back decides how the request ended.
 
+use super::deadlines::OnExpiry;
 use super::host::{parse_number, Body, Host, HostExt, Map};
 use super::{health, Prepared};
 use crate::access::{
@@ -9,7 +10,7 @@ use crate::access::{
 };
 use crate::config::{RouteFacts, Settings};
 use crate::cooldown::health_key;
-use crate::outcome::{outcome, provider_message, shaped_error, Outcome, Source};
+use crate::outcome::{outcome, provider_message, shaped_error, Outcome, ShapedError, Source};
 use crate::plan::{
     attempt_property, decide, AttemptRecord, BodyDecision, Plan, RequestStart, Skipped,
     DEADLINE_HEADER, PLAN_PROPERTY, RETRY_HEADER,
@@ -21,6 +22,9 @@ use std::rc::Rc;
 
 /// How much of a failed final answer is read for the provider's message.
 const ERROR_EXCERPT_READ_BYTES: usize = 4096;
+
+/// How long a failed final answer's body is waited for, to quote it.
+const FINAL_BODY_WAIT_MS: u64 = 200;
 
 pub struct Gateway {
     id: u32,
@@ -217,14 +221,10 @@ impl Gateway {
         (records, budget_refused)
     }
 
-    /// Replaces the answer with the shaped error, once the provider's message (if
-    /// any) was read from `final_body`.
-    /// Returns the action for the held answer: paused when the error replaced it,
-    /// let go otherwise, so that an answer is never held with nothing to end it.
-    fn send_shaped_error(&mut self, final_body: &[u8]) -> Action {
-        let (Some(plan), Some(finished)) = (&self.plan, &self.finished) else {
-            return Action::Continue;
-        };
+    /// The error that replaces a failed final answer, quoting the provider's
+    /// message from `final_body` if it has one; `None` for other outcomes.
+    fn shaped_error(&self, final_body: &[u8]) -> Option<ShapedError> {
+        let (plan, finished) = (self.plan.as_ref()?, self.finished.as_ref()?);
         let (mut records, _) = self.attempt_records(plan);
         if let Some(last) = records.last_mut() {
             if last.error_excerpt.is_none() {
@@ -232,8 +232,15 @@ impl Gateway {
             }
         }
         let now = self.host.now_ms();
-        let shaped = shaped_error(plan, &records, finished.outcome, finished.status, now);
-        let Some(shaped) = shaped else {
+        shaped_error(plan, &records, finished.outcome, finished.status, now)
+    }
+
+    /// Replaces the answer with the shaped error, once the provider's message (if
+    /// any) was read from `final_body`.
+    /// Returns the action for the held answer: paused when the error replaced it,
+    /// let go otherwise, so that an answer is never held with nothing to end it.
+    fn send_shaped_error(&mut self, final_body: &[u8]) -> Action {
+        let Some(shaped) = self.shaped_error(final_body) else {
             return Action::Continue;
         };
         if let Some(finished) = &mut self.finished {
@@ -250,6 +257,26 @@ impl Gateway {
                 Action::Continue
             }
         }
+    }
+
+    /// Holds the failed final answer to quote its body, for `FINAL_BODY_WAIT_MS` at
+    /// most: a body that stalls gets the error without the quote.
+    fn wait_for_final_body(&mut self) -> Action {
+        let Some(shaped) = self.shaped_error(&[]) else {
+            return Action::Continue;
+        };
+        if let Some(finished) = &mut self.finished {
+            finished.status = u16::try_from(shaped.status).unwrap_or(finished.status);
+        }
+        let at = self.host.now_ms().saturating_add(FINAL_BODY_WAIT_MS);
+        let on_expiry = OnExpiry::Reply {
+            status: shaped.status,
+            body: shaped.body,
+        };
+        let deadlines = &self.prepared.deadlines;
+        deadlines.set(self.host.as_ref(), self.id, at, on_expiry);
+        self.replacing_answer = true;
+        Action::Pause
     }
 
     /// Writes the access record and counts the request in Envoy stats, once, for a
@@ -505,8 +532,7 @@ impl Gateway {
             if end_of_stream {
                 return self.send_shaped_error(&[]);
             }
-            self.replacing_answer = true;
-            return Action::Pause;
+            return self.wait_for_final_body();
         }
         if self.settings().response_headers {
             // Model names may hold any character; a header only visible ASCII.
@@ -540,10 +566,16 @@ impl Gateway {
             }
             return Action::Continue;
         }
+        if self.prepared.deadlines.expired(self.id) {
+            // The deadline sent the error already.
+            self.replacing_answer = false;
+            return Action::Continue;
+        }
         if !end_of_stream && body_size < ERROR_EXCERPT_READ_BYTES {
             return Action::Pause;
         }
         self.replacing_answer = false;
+        self.prepared.deadlines.clear(self.host.as_ref(), self.id);
         let read = body_size.min(ERROR_EXCERPT_READ_BYTES);
         let final_body = self.host.body(Body::Response, 0, read).unwrap_or_default();
         self.send_shaped_error(&final_body)
@@ -551,6 +583,7 @@ impl Gateway {
 
     /// A request whose answer never ended (the client went away) is recorded here.
     pub fn log(&mut self) {
+        self.prepared.deadlines.clear(self.host.as_ref(), self.id);
         self.write_record();
     }
 }

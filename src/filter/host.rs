@@ -53,6 +53,12 @@ pub trait Host {
     fn define_metric(&self, kind: MetricType, name: &str) -> Result<u32, Status>;
     fn increment_metric(&self, id: u32, offset: i64) -> Result<(), Status>;
     fn record_metric(&self, id: u32, value: u64) -> Result<(), Status>;
+    /// Calls the root context's tick every `ms` milliseconds (0: never).
+    fn set_tick_period(&self, ms: u64) -> Result<(), Status>;
+    /// Makes the calls that follow act on stream `context_id` (from the root context).
+    fn set_effective_context(&self, context_id: u32) -> Result<(), Status>;
+    /// Lets a held answer go on.
+    fn resume_response(&self) -> Result<(), Status>;
     fn shared_data(&self, key: &str) -> Result<Shared, Status>;
     fn set_shared_data(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), Status>;
 }

@@ -5,6 +5,7 @@
 #[cfg(target_arch = "wasm32")]
 mod abi;
 mod attempt;
+mod deadlines;
 #[cfg(test)]
 mod fake;
 mod gateway;
@@ -32,6 +33,8 @@ pub struct Prepared {
     pub known_models: BTreeSet<String>,
     /// Envoy metric ids by stat name, defined on first use.
     metrics: RefCell<HashMap<String, u32>>,
+    /// Holds of this root's streams that end at a time limit.
+    pub deadlines: deadlines::Deadlines,
 }
 
 impl Prepared {
@@ -56,6 +59,7 @@ impl Prepared {
             routers,
             known_models,
             metrics: RefCell::new(HashMap::new()),
+            deadlines: deadlines::Deadlines::default(),
         }
     }
 
@@ -180,6 +184,12 @@ mod envoy {
             })
         }
 
+        fn on_tick(&mut self) {
+            if let Some(prepared) = &self.prepared {
+                prepared.deadlines.tick(host().as_ref());
+            }
+        }
+
         fn get_type(&self) -> Option<ContextType> {
             Some(ContextType::HttpContext)
         }
@@ -234,6 +244,10 @@ mod envoy {
 
         fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
             self.response_body(body_size, end_of_stream)
+        }
+
+        fn on_log(&mut self) {
+            self.log();
         }
     }
 }

@@ -6,6 +6,7 @@
 //! upstream's answer or one JSON error.
 
 use super::attempt::Attempt;
+use super::deadlines::TICK_MS;
 use super::fake::{Call, FakeHost, ALL_CALLS};
 use super::gateway::Gateway;
 use super::host::Host;
@@ -58,6 +59,8 @@ struct Run {
     client_body: Vec<u8>,
     /// A callback paused with nothing left to resume it.
     held: bool,
+    /// Held answers the root's tick let go.
+    released: usize,
 }
 
 impl Run {
@@ -71,6 +74,9 @@ struct Envoy {
     prepared: Rc<Prepared>,
     /// How long each upstream attempt takes, on the host's clock.
     attempt_ms: u64,
+    /// Answer bodies that come this late after their headers, if at all: the
+    /// root's tick runs meanwhile.
+    body_delay_ms: Option<u64>,
 }
 
 fn envoy(config: &str) -> Envoy {
@@ -79,6 +85,7 @@ fn envoy(config: &str) -> Envoy {
         host: Rc::new(FakeHost::default()),
         prepared: Rc::new(Prepared::new(config, Role::Gateway)),
         attempt_ms: 10,
+        body_delay_ms: None,
     }
 }
 
@@ -129,6 +136,7 @@ impl Envoy {
             client_status: 0,
             client_body: Vec::new(),
             held: false,
+            released: 0,
         };
         let mut gateway = Gateway::new(1, self.prepared.clone(), self.host());
         let headers_action = gateway.request_headers(false);
@@ -198,6 +206,12 @@ impl Envoy {
                 state.now_ms += self.attempt_ms;
             }
             let held_headers = upstream.response_headers(false) == Action::Pause;
+            if held_headers {
+                self.wait_for_body();
+                if self.released_by_tick() {
+                    run.released += 1;
+                }
+            }
             let retry = self.response_has(RETRY_HEADER);
             if held_headers || !retry {
                 let body_len = answer.body.len();
@@ -206,7 +220,9 @@ impl Envoy {
                     return run;
                 }
             }
-            if !(self.response_has(RETRY_HEADER) && attempt <= max_retries) {
+            let retried = self.response_has(RETRY_HEADER) && attempt <= max_retries;
+            upstream.log();
+            if !retried {
                 break;
             }
         }
@@ -225,6 +241,9 @@ impl Envoy {
         let sent_before = self.sent();
         let body_len = self.host.state.borrow().response_body.len();
         let held_headers = gateway.response_headers(false) == Action::Pause;
+        if held_headers {
+            self.wait_for_body();
+        }
         let body_action = gateway.response_body(body_len, true);
         gateway.log();
         if held_headers && body_action == Action::Pause && self.sent() == sent_before {
@@ -246,6 +265,24 @@ impl Envoy {
             }
         }
         run
+    }
+
+    /// Lets the clock run to the body's arrival, ticking as Envoy would.
+    fn wait_for_body(&self) {
+        let Some(delay) = self.body_delay_ms else {
+            return;
+        };
+        let until = self.host.state.borrow().now_ms + delay;
+        while self.host.state.borrow().now_ms < until {
+            self.host.state.borrow_mut().now_ms += TICK_MS;
+            if self.host.state.borrow().tick_period_ms > 0 {
+                self.prepared.deadlines.tick(self.host.as_ref());
+            }
+        }
+    }
+
+    fn released_by_tick(&self) -> bool {
+        !self.host.state.borrow_mut().resumed.is_empty()
     }
 
     fn local_reply(&self, mut run: Run) -> Run {
@@ -416,16 +453,38 @@ fn every_failing_host_call_leaves_the_request_sound() {
     let stream = br#"{"model":"a","stream":true,"messages":[]}"#.to_vec();
     let sse = answer(200, "text/event-stream", "data: {}\n\ndata: [DONE]\n\n");
     let envelope = answer(200, "application/json", r#"{"error":{"message":"boom"}}"#);
-    let cases: [(&str, &[u8], Vec<Answer>); 4] = [
-        ("fallback", &body, vec![bad_gateway(), ok("b")]),
-        ("exhausted", &body, vec![bad_gateway()]),
-        ("error envelope", &body, vec![envelope, ok("b")]),
-        ("stream", &stream, vec![bad_gateway(), sse]),
+    let timed = r#"{"chains": {"a": ["b", "c"]}, "attempt_timeout_ms": 1000}"#;
+    let cases: [(&str, &str, &[u8], Vec<Answer>, Option<u64>); 6] = [
+        (
+            "fallback",
+            CONFIG,
+            &body,
+            vec![bad_gateway(), ok("b")],
+            None,
+        ),
+        ("exhausted", CONFIG, &body, vec![bad_gateway()], None),
+        (
+            "error envelope",
+            CONFIG,
+            &body,
+            vec![envelope, ok("b")],
+            None,
+        ),
+        ("stream", CONFIG, &stream, vec![bad_gateway(), sse], None),
+        ("slow body", timed, &body, vec![ok("a")], Some(3000)),
+        (
+            "stalled final body",
+            timed,
+            &body,
+            vec![bad_gateway()],
+            Some(5000),
+        ),
     ];
     let mut made = std::collections::BTreeSet::new();
     for call in ALL_CALLS {
-        for (what, body, answers) in &cases {
-            let envoy = envoy(CONFIG);
+        for (what, config, body, answers, body_delay_ms) in &cases {
+            let mut envoy = envoy(config);
+            envoy.body_delay_ms = *body_delay_ms;
             envoy.host.state.borrow_mut().failing.insert(call);
             let run = envoy.run(request_headers(body), body, answers);
             assert_sound(&run, &format!("{what} with {call:?} failing"));
@@ -509,4 +568,41 @@ fn the_configuration_is_read_through_the_host() {
         super::configure(&host, size).is_none(),
         "an unreadable one too"
     );
+}
+
+/// An answer whose headers came in time is not thrown away because its body is
+/// slow: the tick lets the held headers go before the router's per-try timeout.
+#[test]
+fn a_slow_body_is_let_go_before_the_per_try_timeout() {
+    let mut envoy = envoy(r#"{"chains": {"a": ["b"]}, "attempt_timeout_ms": 1000}"#);
+    envoy.body_delay_ms = Some(3000);
+    let body = chat("a");
+    let run = envoy.run(request_headers(&body), &body, &[ok("a")]);
+    assert_sound(&run, "slow body");
+    assert_eq!(run.models, ["a"]);
+    assert_eq!(run.released, 1, "the tick let the headers go");
+    let state = envoy.host.state.borrow();
+    assert_eq!(state.resumed, [Some(2)], "on the attempt's stream");
+    assert_eq!(state.tick_period_ms, 0, "no tick once nothing waits");
+    drop(state);
+    let record = envoy.record().unwrap();
+    assert_eq!(record["outcome"], "ok");
+    assert_eq!(record["attempts"][0]["class"], "success");
+}
+
+/// A failed final answer whose body stalls gets the JSON error at the wait's end,
+/// not Envoy's timeout; its body, if it comes later, changes nothing.
+#[test]
+fn a_stalled_final_body_gets_the_error_in_time() {
+    let mut envoy = envoy(CONFIG);
+    envoy.body_delay_ms = Some(5000);
+    let body = chat("a");
+    let run = envoy.run(request_headers(&body), &body, &[bad_gateway()]);
+    assert_sound(&run, "stalled final body");
+    assert_eq!(run.client_status, 502);
+    let error = run.client_json().unwrap();
+    assert_eq!(error["error"]["code"], "fallbacks_exhausted");
+    let state = envoy.host.state.borrow();
+    assert_eq!(state.sent.len(), 1, "one answer only");
+    assert_eq!(state.effective_context, Some(1), "on the gateway's stream");
 }

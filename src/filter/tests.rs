@@ -454,7 +454,9 @@ fn every_failing_host_call_leaves_the_request_sound() {
     let sse = answer(200, "text/event-stream", "data: {}\n\ndata: [DONE]\n\n");
     let envelope = answer(200, "application/json", r#"{"error":{"message":"boom"}}"#);
     let timed = r#"{"chains": {"a": ["b", "c"]}, "attempt_timeout_ms": 1000}"#;
-    let cases: [(&str, &str, &[u8], Vec<Answer>, Option<u64>); 6] = [
+    // What, configuration, body, answers, and how late the answers' bodies come.
+    type Case<'a> = (&'a str, &'a str, &'a [u8], Vec<Answer>, Option<u64>);
+    let cases: [Case; 6] = [
         (
             "fallback",
             CONFIG,

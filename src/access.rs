@@ -139,6 +139,9 @@ pub struct AccessRecord<'a> {
     /// Why the filter let the request through untouched.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub passthrough_reason: Option<&'a str>,
+    /// What became of the client's `x-ai-fallback-models`: "used", or why ignored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_chain: Option<&'a str>,
     pub attempts: Vec<AttemptView<'a>>,
     /// Models left out because they were cooling down.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -289,6 +292,7 @@ mod tests {
             budget_ms: None,
             elapsed_ms: 12,
             passthrough_reason: None,
+            client_chain: None,
             attempts: vec![AttemptView::from(&attempt)],
             skipped: vec![SkippedView {
                 model: "c",

@@ -25,9 +25,27 @@ pub enum Class {
     StreamError,
     /// The prompt does not fit this model's context window.
     ContextLength,
+    /// The prompt or the output was blocked by the provider's content policy.
+    ContentPolicy,
+    /// The provider refused this key or account (401, 402, 403, a 429 saying the
+    /// quota is gone): another provider may answer, the same one will not.
+    ProviderDenied,
     /// An answer for the client as it is (400, 401, 402, 403, 422, ...).
     Final,
 }
+
+const CLASSES: [Class; 10] = [
+    Class::Success,
+    Class::FailureStatus,
+    Class::RateLimited,
+    Class::NoCapacity,
+    Class::ErrorEnvelope,
+    Class::StreamError,
+    Class::ContextLength,
+    Class::ContentPolicy,
+    Class::ProviderDenied,
+    Class::Final,
+];
 
 impl Class {
     /// Whether another model may succeed where this answer failed.
@@ -45,23 +63,24 @@ impl Class {
             Class::ErrorEnvelope => "error_envelope",
             Class::StreamError => "stream_error",
             Class::ContextLength => "context_length",
+            Class::ContentPolicy => "content_policy",
+            Class::ProviderDenied => "provider_denied",
             Class::Final => "final",
         }
     }
 
     pub fn from_name(name: &str) -> Option<Class> {
-        [
-            Class::Success,
-            Class::FailureStatus,
-            Class::RateLimited,
-            Class::NoCapacity,
-            Class::ErrorEnvelope,
-            Class::StreamError,
-            Class::ContextLength,
-            Class::Final,
-        ]
-        .into_iter()
-        .find(|class| class.name() == name)
+        CLASSES.into_iter().find(|class| class.name() == name)
+    }
+
+    /// Whether the answer says something about the model's health: a too long or
+    /// blocked prompt, a refused key and a client error do not.
+    pub fn is_model_failure(self) -> bool {
+        self.is_retryable()
+            && !matches!(
+                self,
+                Class::ContextLength | Class::ContentPolicy | Class::ProviderDenied
+            )
     }
 }
 
@@ -92,6 +111,8 @@ pub struct RequestFacts {
     pub stream: bool,
     /// A context-length chain exists for this request, so that class matters.
     pub has_context_chain: bool,
+    /// A content-policy chain exists for this request.
+    pub has_content_chain: bool,
 }
 
 /// Classifies by status and content type.
@@ -115,13 +136,22 @@ pub fn classify_headers(
     if classes.fallback_statuses.contains(&status) {
         return HeaderVerdict::Decided(Class::FailureStatus);
     }
+    let across_providers = classes.across_providers.contains(&status);
+    if status == 429 && across_providers {
+        // A rate limit, or a quota that is gone: the body tells.
+        return HeaderVerdict::Inspect(BodyKind::ErrorBody);
+    }
     if status == 429 && classes.rate_limits {
         return HeaderVerdict::Decided(Class::RateLimited);
     }
+    if across_providers {
+        return HeaderVerdict::Decided(Class::ProviderDenied);
+    }
     let may_be_no_capacity =
         classes.no_capacity_statuses.contains(&status) && !classes.no_capacity_patterns.is_empty();
-    let may_be_context_length = status == 400 && request.has_context_chain;
-    if may_be_no_capacity || may_be_context_length {
+    let may_be_prompt_class =
+        status == 400 && (request.has_context_chain || request.has_content_chain);
+    if may_be_no_capacity || may_be_prompt_class {
         return HeaderVerdict::Inspect(BodyKind::ErrorBody);
     }
     if (300..400).contains(&status) || status < 200 {
@@ -155,6 +185,18 @@ pub fn classify_body(
             }
             if request.has_context_chain && status == 400 && says_context_length(prefix) {
                 return BodyVerdict::Decided(Class::ContextLength);
+            }
+            if request.has_content_chain && status == 400 && says_any(prefix, &CONTENT_POLICY) {
+                return BodyVerdict::Decided(Class::ContentPolicy);
+            }
+            if status == 429 {
+                return BodyVerdict::Decided(if says_any(prefix, &QUOTA_GONE) {
+                    Class::ProviderDenied
+                } else if classes.rate_limits {
+                    Class::RateLimited
+                } else {
+                    Class::Final
+                });
             }
             let lowered = prefix.to_ascii_lowercase();
             let no_capacity = classes.no_capacity_statuses.contains(&status)
@@ -193,15 +235,38 @@ pub fn classify_body(
 
 /// Providers word it differently; OpenAI's code is `context_length_exceeded`.
 fn says_context_length(body: &[u8]) -> bool {
+    says_any(
+        body,
+        &[
+            "context_length_exceeded",
+            "maximum context length",
+            "context window",
+            "prompt is too long",
+        ],
+    )
+}
+
+/// A prompt or output blocked by a content policy: OpenAI's
+/// `content_policy_violation`, Azure OpenAI's `content_filter` and
+/// `ResponsibleAIPolicyViolation`, and "safety" in others' words.
+const CONTENT_POLICY: [&str; 5] = [
+    "content_filter",
+    "content_policy_violation",
+    "content policy",
+    "responsibleaipolicyviolation",
+    "safety",
+];
+
+/// A 429 that is about the account, not the rate: OpenAI's `insufficient_quota`,
+/// and the quota, billing and credit messages of others.
+const QUOTA_GONE: [&str; 3] = ["quota", "billing", "credits"];
+
+/// Whether the body says any of `phrases` (lowercase), in any case.
+fn says_any(body: &[u8], phrases: &[&str]) -> bool {
     let lowered = body.to_ascii_lowercase();
-    [
-        b"context_length_exceeded".as_slice(),
-        b"maximum context length",
-        b"context window",
-        b"prompt is too long",
-    ]
-    .iter()
-    .any(|needle| contains(&lowered, needle))
+    phrases
+        .iter()
+        .any(|phrase| contains(&lowered, phrase.as_bytes()))
 }
 
 /// `{"error": ...}` with no `choices`, `data` or `output`: a failure dressed as success.
@@ -282,8 +347,8 @@ pub fn truncation_event() -> String {
 }
 
 /// Watches a stream, chunk by chunk, for the line that ends an OpenAI-compatible
-/// stream normally: `data: [DONE]`, or `event: response.completed` for the
-/// Responses API. A line, not text: content that says `[DONE]` sits inside a JSON
+/// stream normally: `data: [DONE]`, `event: response.completed` for the Responses
+/// API, or `event: message_stop` for Anthropic's Messages API. A line, not text: content that says `[DONE]` sits inside a JSON
 /// string of a `data:` line and never starts one.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StreamEnd {
@@ -334,6 +399,7 @@ fn is_end_marker(line: &[u8]) -> bool {
     };
     field_value(b"data:") == Some(b"[DONE]")
         || field_value(b"event:") == Some(b"response.completed")
+        || field_value(b"event:") == Some(b"message_stop")
 }
 
 #[cfg(test)]
@@ -373,14 +439,17 @@ mod tests {
     const PLAIN: RequestFacts = RequestFacts {
         stream: false,
         has_context_chain: false,
+        has_content_chain: false,
     };
     const STREAM: RequestFacts = RequestFacts {
         stream: true,
         has_context_chain: false,
+        has_content_chain: false,
     };
     const WITH_CONTEXT_CHAIN: RequestFacts = RequestFacts {
         stream: false,
         has_context_chain: true,
+        has_content_chain: false,
     };
 
     fn by_status(request: RequestFacts, status: u16, content_type: &str) -> HeaderVerdict {
@@ -401,8 +470,16 @@ mod tests {
                 Decided(Class::FailureStatus)
             );
         }
-        assert_eq!(by_status(PLAIN, 429, json), Decided(Class::RateLimited));
-        for status in [400, 401, 402, 403, 422, 413] {
+        // A 429 is read: a rate limit, or a quota that is gone.
+        assert_eq!(by_status(PLAIN, 429, json), Inspect(BodyKind::ErrorBody));
+        for status in [401, 402, 403] {
+            assert_eq!(
+                by_status(PLAIN, status, json),
+                Decided(Class::ProviderDenied),
+                "{status}"
+            );
+        }
+        for status in [400, 422, 413] {
             assert_eq!(
                 by_status(PLAIN, status, json),
                 Decided(Class::Final),
@@ -425,10 +502,54 @@ mod tests {
     }
 
     #[test]
+    fn quota_and_content_policy_answers() {
+        let c = &classes();
+        let read = |facts, status, body: &str| {
+            classify_body(c, facts, status, BodyKind::ErrorBody, body.as_bytes(), true)
+        };
+        let quota = r#"{"error":{"message":"You exceeded your current quota","code":"insufficient_quota"}}"#;
+        assert_eq!(
+            read(PLAIN, 429, quota),
+            BodyVerdict::Decided(Class::ProviderDenied)
+        );
+        let rate = r#"{"error":{"message":"Rate limit reached for requests per min"}}"#;
+        assert_eq!(
+            read(PLAIN, 429, rate),
+            BodyVerdict::Decided(Class::RateLimited)
+        );
+        let blocked = r#"{"error":{"code":"content_filter","message":"filtered"}}"#;
+        let with_content_chain = RequestFacts {
+            has_content_chain: true,
+            ..PLAIN
+        };
+        assert_eq!(
+            by_status(with_content_chain, 400, "application/json"),
+            HeaderVerdict::Inspect(BodyKind::ErrorBody)
+        );
+        assert_eq!(
+            read(with_content_chain, 400, blocked),
+            BodyVerdict::Decided(Class::ContentPolicy)
+        );
+        assert_eq!(
+            read(PLAIN, 400, blocked),
+            BodyVerdict::Decided(Class::Final),
+            "no content chain: final"
+        );
+        assert!(!Class::ContentPolicy.is_model_failure());
+        assert!(!Class::ProviderDenied.is_model_failure());
+        assert!(Class::NoCapacity.is_model_failure());
+        assert_eq!(
+            Class::from_name("provider_denied"),
+            Some(Class::ProviderDenied)
+        );
+    }
+
+    #[test]
     fn classes_can_be_switched_off() {
         let config = Config::parse(
             br#"{"fallback_on_rate_limit":false,"fallback_on_error_envelope":false,
-                 "fallback_on_stream_error":false,"no_capacity_patterns":[]}"#,
+                 "fallback_on_stream_error":false,"no_capacity_patterns":[],
+                 "fallback_across_providers_on":[]}"#,
         )
         .unwrap();
         let c = &config.defaults.classes;
@@ -438,6 +559,10 @@ mod tests {
         );
         assert_eq!(
             classify_headers(c, PLAIN, 404, ""),
+            HeaderVerdict::Decided(Class::Final)
+        );
+        assert_eq!(
+            classify_headers(c, PLAIN, 402, ""),
             HeaderVerdict::Decided(Class::Final)
         );
         assert_eq!(

@@ -40,13 +40,20 @@ pub const DEFAULT_NO_CAPACITY_PATTERNS: [&str; 4] = [
 /// on this prefix.
 pub const DEFAULT_INSPECT_MAX_BYTES: usize = 64 * 1024;
 
-/// The OpenAI-compatible POST endpoints acted on by default.
-pub const DEFAULT_PATHS: [&str; 4] = [
+/// The POST endpoints acted on by default: OpenAI-compatible ones, and Anthropic's
+/// Messages API.
+pub const DEFAULT_PATHS: [&str; 5] = [
     "/v1/chat/completions",
     "/v1/completions",
     "/v1/responses",
     "/v1/embeddings",
+    "/v1/messages",
 ];
+
+/// Statuses that say a provider refused the key or account: the next model is tried
+/// only when it is on another provider. A 429 counts only when its body says the
+/// quota, billing or credits are gone.
+pub const DEFAULT_ACROSS_PROVIDER_STATUSES: [u16; 4] = [401, 402, 403, 429];
 
 /// 4 MiB: above the largest chat requests seen in practice, small enough to buffer.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
@@ -65,13 +72,17 @@ pub const MAX_INSPECT_MAX_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_MIN_ATTEMPT_MS: u64 = 100;
 
 /// Every settings field, for the error on an unknown one.
-const FIELDS: [&str; 25] = [
+const FIELDS: [&str; 29] = [
     "role",
     "rules",
     "chains",
     "default_chain",
     "context_chains",
     "default_context_chain",
+    "content_policy_chains",
+    "default_content_policy_chain",
+    "fallback_across_providers_on",
+    "client_chains",
     "fallback_statuses",
     "fallback_on_rate_limit",
     "no_capacity_statuses",
@@ -170,6 +181,14 @@ pub struct Settings {
     pub context_chains: BTreeMap<String, Vec<ChainEntry>>,
     /// `default_context_chain`: the context chain of models without their own.
     pub default_context_chain: Vec<ChainEntry>,
+    /// `content_policy_chains`: requested model -> models tried, in order, only after
+    /// an answer that says a content policy blocked the prompt or the output.
+    pub content_policy_chains: BTreeMap<String, Vec<ChainEntry>>,
+    /// `default_content_policy_chain`: the content-policy chain of models without one.
+    pub default_content_policy_chain: Vec<ChainEntry>,
+    /// `client_chains.allow`: the models a client may name in `x-ai-fallback-models`
+    /// to replace its request's chain. `None` (the default): clients may not.
+    pub client_chain_allow: Option<Vec<ChainEntry>>,
     /// How upstream answers are classified.
     pub classes: Classes,
     /// `fallback_on_reset`: also move on when the upstream refuses the connection or
@@ -212,6 +231,9 @@ pub struct Classes {
     pub stream_errors: bool,
     /// `inspect_max_bytes`: the most of an answer's body read to classify it.
     pub inspect_max_bytes: usize,
+    /// `fallback_across_providers_on`: statuses that move on only when the next model
+    /// is on another provider (a 429 only when it says the quota is gone).
+    pub across_providers: Vec<u16>,
 }
 
 impl Default for Classes {
@@ -227,6 +249,7 @@ impl Default for Classes {
             error_envelopes: true,
             stream_errors: true,
             inspect_max_bytes: DEFAULT_INSPECT_MAX_BYTES,
+            across_providers: DEFAULT_ACROSS_PROVIDER_STATUSES.to_vec(),
         }
     }
 }
@@ -261,6 +284,9 @@ impl Default for Settings {
             default_chain: Vec::new(),
             context_chains: BTreeMap::new(),
             default_context_chain: Vec::new(),
+            content_policy_chains: BTreeMap::new(),
+            default_content_policy_chain: Vec::new(),
+            client_chain_allow: None,
             classes: Classes::default(),
             fallback_on_reset: true,
             paths: DEFAULT_PATHS.iter().map(|p| p.to_string()).collect(),
@@ -418,6 +444,14 @@ impl Settings {
             "default_chain" => self.default_chain = parse_chain(field, value)?,
             "context_chains" => self.context_chains = parse_chains(field, value)?,
             "default_context_chain" => self.default_context_chain = parse_chain(field, value)?,
+            "content_policy_chains" => self.content_policy_chains = parse_chains(field, value)?,
+            "default_content_policy_chain" => {
+                self.default_content_policy_chain = parse_chain(field, value)?
+            }
+            "fallback_across_providers_on" => {
+                self.classes.across_providers = parse_statuses(field, value)?
+            }
+            "client_chains" => self.client_chain_allow = parse_client_chains(field, value)?,
             "fallback_statuses" => self.classes.fallback_statuses = parse_statuses(field, value)?,
             "fallback_on_rate_limit" => self.classes.rate_limits = parse_bool(field, value)?,
             "no_capacity_statuses" => {
@@ -478,6 +512,15 @@ impl Settings {
             .get(requested)
             .map(Vec::as_slice)
             .unwrap_or(&self.default_context_chain)
+    }
+
+    /// The models tried after `requested` answers that a content policy blocked it;
+    /// empty when there are none.
+    pub fn content_chain_for(&self, requested: &str) -> &[ChainEntry] {
+        self.content_policy_chains
+            .get(requested)
+            .map(Vec::as_slice)
+            .unwrap_or(&self.default_content_policy_chain)
     }
 
     /// Whether a request with this method and path is one the gateway looks at.
@@ -603,6 +646,24 @@ fn parse_chain_entry(field: &str, value: &Value) -> Result<ChainEntry, ConfigErr
     Ok(ChainEntry { model, provider })
 }
 
+/// `{"allow": [models]}`: the models a client may name for its own chain.
+fn parse_client_chains(field: &str, value: &Value) -> Result<Option<Vec<ChainEntry>>, ConfigError> {
+    let Value::Object(fields) = value else {
+        return Err(error(field, "must be an object: {\"allow\": [models]}"));
+    };
+    if let Some(unknown) = fields.keys().find(|key| *key != "allow") {
+        return Err(error(
+            format!("{field}.{unknown}"),
+            "unknown field; expected allow",
+        ));
+    }
+    let allow_field = format!("{field}.allow");
+    let allow = fields
+        .get("allow")
+        .ok_or_else(|| error(&allow_field, "is required"))?;
+    Ok(Some(parse_chain(&allow_field, allow)?))
+}
+
 fn parse_providers(field: &str, value: &Value) -> Result<BTreeMap<String, Provider>, ConfigError> {
     let Value::Object(providers) = value else {
         return Err(error(
@@ -671,11 +732,19 @@ impl Settings {
         }
         let mut every_chain = keyed("chains", &self.chains);
         every_chain.extend(keyed("context_chains", &self.context_chains));
+        every_chain.extend(keyed("content_policy_chains", &self.content_policy_chains));
         every_chain.push(("default_chain".to_string(), &self.default_chain));
         every_chain.push((
             "default_context_chain".to_string(),
             &self.default_context_chain,
         ));
+        every_chain.push((
+            "default_content_policy_chain".to_string(),
+            &self.default_content_policy_chain,
+        ));
+        if let Some(allow) = &self.client_chain_allow {
+            every_chain.push(("client_chains.allow".to_string(), allow));
+        }
         for (field, chain) in every_chain {
             for (index, entry) in chain.iter().enumerate() {
                 if let Some(provider) = &entry.provider {

@@ -5,6 +5,7 @@
 //! on the host target; `filter` turns its decisions into proxy-wasm host calls.
 
 pub mod access;
+pub mod api;
 pub mod body;
 pub mod classify;
 pub mod config;

@@ -80,7 +80,8 @@ pub fn outcome(records: &[AttemptRecord], source: Source, status: u16) -> Outcom
     }
     let class = records.last().and_then(AttemptRecord::class);
     match class {
-        Some(Class::Final) => Outcome::ClientError,
+        // A refused key with no other provider left is the client's to see.
+        Some(Class::Final | Class::ProviderDenied) => Outcome::ClientError,
         Some(class) if class.is_retryable() => Outcome::Exhausted,
         _ if status >= 500 => Outcome::Exhausted,
         _ if records.len() > 1 => Outcome::FallbackOk,
@@ -251,6 +252,8 @@ mod tests {
             rewrite_first: false,
             chain_providers: vec![None, None],
             context_providers: vec![],
+            content_chain: vec![],
+            content_providers: vec![],
             path: None,
         }
     }

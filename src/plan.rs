@@ -36,16 +36,69 @@ pub const RETRY_HEADER: &str = "x-ai-fallback-retry";
 /// milliseconds. It can shorten the configured budget, never lengthen it.
 pub const DEADLINE_HEADER: &str = "x-ai-fallback-timeout-ms";
 
+/// The request header by which a client turns fallbacks off for its request (`off`).
+pub const SWITCH_HEADER: &str = "x-ai-fallback";
+
+/// The request header by which a client names its request's fallback models, within
+/// what `client_chains.allow` permits.
+pub const CLIENT_CHAIN_HEADER: &str = "x-ai-fallback-models";
+
 /// Request headers for Envoy and the filter alone that reach the attempt role (the
 /// router removes the retry and timeout headers it reads): the attempt role removes
 /// them from every request, acted on or not, so no provider sees them.
-pub const HEADERS_FOR_ENVOY_ONLY: [&str; 2] = [ATTEMPT_COUNT_HEADER, DEADLINE_HEADER];
+pub const HEADERS_FOR_ENVOY_ONLY: [&str; 4] = [
+    ATTEMPT_COUNT_HEADER,
+    DEADLINE_HEADER,
+    SWITCH_HEADER,
+    CLIENT_CHAIN_HEADER,
+];
+
+/// Whether a client's `x-ai-fallback` header turns fallbacks off.
+pub fn client_turns_off(value: &[u8]) -> bool {
+    value.trim_ascii().eq_ignore_ascii_case(b"off")
+}
+
+/// What became of a client's `x-ai-fallback-models`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientChain {
+    /// It replaces the request's chain.
+    Used(Vec<ChainEntry>),
+    /// It was ignored, and why: the configured chain applies.
+    Ignored(&'static str),
+}
+
+/// The chain a client names in `x-ai-fallback-models` (comma-separated models),
+/// used only when every model is one `client_chains.allow` lists.
+pub fn client_chain(settings: &Settings, header: &[u8]) -> ClientChain {
+    let Some(allow) = &settings.client_chain_allow else {
+        return ClientChain::Ignored("client chains are off (client_chains)");
+    };
+    let Ok(text) = std::str::from_utf8(header) else {
+        return ClientChain::Ignored("not a comma-separated list of models");
+    };
+    let names: Vec<&str> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+        .collect();
+    if names.is_empty() || names.len() > crate::config::MAX_CHAIN_LENGTH {
+        return ClientChain::Ignored("not a comma-separated list of models");
+    }
+    let entries: Option<Vec<ChainEntry>> = names
+        .iter()
+        .map(|name| allow.iter().find(|entry| entry.model == *name).cloned())
+        .collect();
+    match entries {
+        Some(entries) => ClientChain::Used(entries),
+        None => ClientChain::Ignored("names a model client_chains.allow does not list"),
+    }
+}
 
 /// Longer model names are not planned: no real model has one, and a name a client
 /// sends is echoed in records, errors and headers.
 pub const MAX_MODEL_NAME_BYTES: usize = 256;
 
-const PLAN_VERSION: &str = "v5";
+const PLAN_VERSION: &str = "v6";
 
 /// One request's fallback plan.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,6 +113,8 @@ pub struct Plan {
     pub chain: Vec<String>,
     /// The larger-context models, tried after a context-length answer.
     pub context_chain: Vec<String>,
+    /// The models tried after a content-policy answer.
+    pub content_chain: Vec<String>,
     /// Index of the rule whose settings apply (0: the top-level settings).
     pub rule: usize,
     /// When the request started, in milliseconds since the Unix epoch.
@@ -73,23 +128,42 @@ pub struct Plan {
     pub chain_providers: Vec<Option<String>>,
     /// The provider of each context chain entry.
     pub context_providers: Vec<Option<String>>,
+    /// The provider of each content chain entry.
+    pub content_providers: Vec<Option<String>>,
     /// The request's path, kept when an entry names a provider: each attempt writes
     /// its provider's path from it (attempts share one header map).
     pub path: Option<String>,
 }
 
-/// Which model an attempt sends: a position in the chain or in the context chain.
+/// Which chain of a plan a step is in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lane {
+    /// The requested model and its fallbacks.
+    #[default]
+    Main,
+    /// Larger-context models, after a context-length answer.
+    Context,
+    /// Models for prompts a content policy blocked.
+    Content,
+}
+
+/// Which model an attempt sends: a position in one of the plan's chains.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Step {
-    pub in_context_chain: bool,
+    pub lane: Lane,
     pub index: usize,
 }
 
 impl Step {
     pub const FIRST: Step = Step {
-        in_context_chain: false,
+        lane: Lane::Main,
         index: 0,
     };
+
+    fn first_of(lane: Lane) -> Step {
+        Step { lane, index: 0 }
+    }
 }
 
 impl Plan {
@@ -97,12 +171,13 @@ impl Plan {
     /// never holds a raw tab or newline.
     pub fn encode(&self) -> String {
         let mut text = format!(
-            "{PLAN_VERSION} {} {} {} {} {} {} {} {} {} {}",
+            "{PLAN_VERSION} {} {} {} {} {} {} {} {} {} {} {}",
             self.body_len,
             self.model_span.start,
             self.model_span.end,
             self.stream as u8,
             self.chain.len(),
+            self.context_chain.len(),
             self.rule,
             self.started_ms,
             self.budget_ms.unwrap_or(0),
@@ -110,7 +185,9 @@ impl Plan {
             self.path.as_deref().unwrap_or("-"),
         );
         let models = self.chain.iter().chain(&self.context_chain);
+        let models = models.chain(&self.content_chain);
         let providers = self.chain_providers.iter().chain(&self.context_providers);
+        let providers = providers.chain(&self.content_providers);
         for (model, provider) in models.zip(providers) {
             text.push('\n');
             if let Some(provider) = provider {
@@ -130,8 +207,7 @@ impl Plan {
             return None;
         }
         let mut number = || head.next()?.parse::<u64>().ok();
-        let (body_len, start, end, stream, chain_len, rule, started_ms, budget_ms) = (
-            number()?,
+        let (body_len, start, end, stream, chain_len, context_len, rule) = (
             number()?,
             number()?,
             number()?,
@@ -140,14 +216,16 @@ impl Plan {
             number()?,
             number()?,
         );
+        let (started_ms, budget_ms) = (number()?, number()?);
         let rewrite_first = number()? == 1;
         let path = head.next().filter(|p| *p != "-").map(str::to_string);
         let size = |n: u64| usize::try_from(n).ok();
-        let (body_len, start, end, chain_len, rule) = (
+        let (body_len, start, end, chain_len, context_len, rule) = (
             size(body_len)?,
             size(start)?,
             size(end)?,
             size(chain_len)?,
+            size(context_len)?,
             size(rule)?,
         );
         let too_long = body_len > crate::config::MAX_BODY_BYTES_LIMIT;
@@ -166,23 +244,27 @@ impl Plan {
             .collect::<Option<Vec<_>>>()?;
         let (mut chain, mut chain_providers): (Vec<String>, Vec<Option<String>>) =
             entries.into_iter().unzip();
-        if chain.len() < chain_len {
+        if chain.len() < chain_len.checked_add(context_len)? {
             return None;
         }
-        let context_chain = chain.split_off(chain_len);
-        let context_providers = chain_providers.split_off(chain_len);
+        let mut context_chain = chain.split_off(chain_len);
+        let mut context_providers = chain_providers.split_off(chain_len);
+        let content_chain = context_chain.split_off(context_len);
+        let content_providers = context_providers.split_off(context_len);
         Some(Plan {
             body_len,
             model_span: start..end,
             stream: stream == 1,
             chain,
             context_chain,
+            content_chain,
             rule,
             started_ms,
             budget_ms: (budget_ms != 0).then_some(budget_ms),
             rewrite_first,
             chain_providers,
             context_providers,
+            content_providers,
             path,
         })
     }
@@ -204,23 +286,34 @@ impl Plan {
 
     /// The most retries this plan can use.
     pub fn max_retries(&self) -> usize {
-        self.chain.len() - 1 + self.context_chain.len()
+        self.chain.len().saturating_sub(1) + self.context_chain.len() + self.content_chain.len()
     }
 
     pub fn facts(&self) -> RequestFacts {
         RequestFacts {
             stream: self.stream,
             has_context_chain: !self.context_chain.is_empty(),
+            has_content_chain: !self.content_chain.is_empty(),
         }
     }
 
-    /// The chain a step is in: its literals and their providers.
+    /// The chain a step is in: its models and their providers.
     pub fn chain_of(&self, step: Step) -> (&[String], &[Option<String>]) {
-        if step.in_context_chain {
-            (&self.context_chain, &self.context_providers)
-        } else {
-            (&self.chain, &self.chain_providers)
+        match step.lane {
+            Lane::Main => (&self.chain, &self.chain_providers),
+            Lane::Context => (&self.context_chain, &self.context_providers),
+            Lane::Content => (&self.content_chain, &self.content_providers),
         }
+    }
+
+    /// The chain an answer of `class` switches to from `lane`, if it does.
+    fn lane_after(&self, lane: Lane, class: Option<Class>) -> Option<Lane> {
+        let (to, chain) = match class? {
+            Class::ContextLength => (Lane::Context, &self.context_chain),
+            Class::ContentPolicy => (Lane::Content, &self.content_chain),
+            _ => return None,
+        };
+        (lane != to && !chain.is_empty()).then_some(to)
     }
 
     /// The model a step sends.
@@ -242,14 +335,8 @@ impl Plan {
     /// The step after one whose answer was `class`. When the chain is used up (the
     /// router retried a reset or timeout of the last model), the last model repeats.
     pub fn next_step(&self, previous: Step, class: Option<Class>) -> Step {
-        if class == Some(Class::ContextLength)
-            && !previous.in_context_chain
-            && !self.context_chain.is_empty()
-        {
-            return Step {
-                in_context_chain: true,
-                index: 0,
-            };
+        if let Some(lane) = self.lane_after(previous.lane, class) {
+            return Step::first_of(lane);
         }
         let last = self.chain_of(previous).0.len().saturating_sub(1);
         Step {
@@ -263,10 +350,28 @@ impl Plan {
         if !class.is_retryable() {
             return false;
         }
-        if class == Class::ContextLength && !step.in_context_chain {
-            return !self.context_chain.is_empty();
+        if self.lane_after(step.lane, Some(class)).is_some() {
+            return true;
         }
-        step.index + 1 < self.chain_of(step).0.len()
+        let switches_lane = matches!(class, Class::ContextLength | Class::ContentPolicy);
+        if switches_lane && step.lane == Lane::Main {
+            // No chain for that kind of answer: the next model of this one would
+            // fail the same way.
+            return false;
+        }
+        let next = Step {
+            index: step.index + 1,
+            ..step
+        };
+        if next.index >= self.chain_of(step).0.len() {
+            return false;
+        }
+        // A refused key or account: only another provider, with its own key, may
+        // answer; never the same credentials again.
+        class != Class::ProviderDenied
+            || self
+                .provider(next)
+                .is_some_and(|next| Some(next) != self.provider(step))
     }
 
     /// The body length once the model value is replaced by the JSON `literal`.
@@ -284,8 +389,9 @@ pub struct AttemptRecord {
     /// The provider it went to, when its chain entry names one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub provider: Option<String>,
-    /// Its step: in the context chain or not, and the index there.
-    pub context_chain: bool,
+    /// Its step: the chain, and the index there.
+    #[serde(default, skip_serializing_if = "is_main")]
+    pub lane: Lane,
     pub index: usize,
     /// When it started, since the Unix epoch.
     pub start_ms: u64,
@@ -321,7 +427,7 @@ pub struct AttemptRecord {
 impl AttemptRecord {
     pub fn step(&self) -> Step {
         Step {
-            in_context_chain: self.context_chain,
+            lane: self.lane,
             index: self.index,
         }
     }
@@ -339,13 +445,17 @@ impl AttemptRecord {
     }
 }
 
+fn is_main(lane: &Lane) -> bool {
+    *lane == Lane::Main
+}
+
 /// What the gateway does with a fully buffered request body.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BodyDecision {
     /// Send it on untouched, with no retries added; the reason is for debug logs.
     Passthrough(&'static str),
     /// Drive the router through the plan's fallbacks.
-    Fallback(Plan, Vec<Skipped>),
+    Fallback(Box<Plan>, Vec<Skipped>),
 }
 
 /// A model put at the end of the chain because it is cooling down.
@@ -380,6 +490,7 @@ pub fn decide(
     start: RequestStart,
     path: &str,
     body_bytes: &[u8],
+    client_chain: Option<&[ChainEntry]>,
     usable: &mut Usable,
 ) -> BodyDecision {
     let top = match body::scan(body_bytes) {
@@ -401,9 +512,10 @@ pub fn decide(
     if requested.len() > MAX_MODEL_NAME_BYTES {
         return BodyDecision::Passthrough("model name is longer than 256 bytes");
     }
-    let fallbacks = settings.chain_for(&requested);
+    let fallbacks = client_chain.unwrap_or_else(|| settings.chain_for(&requested));
     let context_chain = settings.context_chain_for(&requested);
-    if fallbacks.is_empty() && context_chain.is_empty() {
+    let content_chain = settings.content_chain_for(&requested);
+    if fallbacks.is_empty() && context_chain.is_empty() && content_chain.is_empty() {
         return BodyDecision::Passthrough("model has no fallback chain");
     }
     let requested_entry = ChainEntry {
@@ -439,17 +551,19 @@ pub fn decide(
     let chain: Vec<String> = chosen.iter().map(|entry| entry.model.clone()).collect();
     let chain_providers: Vec<Option<String>> =
         chosen.iter().map(|entry| entry.provider.clone()).collect();
-    let context_entries: Vec<&ChainEntry> = context_chain
-        .iter()
-        .filter(|entry| entry.model != requested || entry.provider.is_some())
-        .collect();
-    let context_providers: Vec<Option<String>> = context_entries
-        .iter()
-        .map(|entry| entry.provider.clone())
-        .collect();
+    let other_than_requested = |chain: &[ChainEntry]| -> (Vec<String>, Vec<Option<String>>) {
+        chain
+            .iter()
+            .filter(|entry| entry.model != requested || entry.provider.is_some())
+            .map(|entry| (entry.model.clone(), entry.provider.clone()))
+            .unzip()
+    };
+    let (context_chain, context_providers) = other_than_requested(context_chain);
+    let (content_chain, content_providers) = other_than_requested(content_chain);
     let uses_providers = chain_providers
         .iter()
         .chain(&context_providers)
+        .chain(&content_providers)
         .any(Option::is_some);
     let budget_ms = match (settings.budget.total_ms, start.client_deadline_ms) {
         (Some(budget), Some(deadline)) => Some(budget.min(deadline)),
@@ -461,18 +575,17 @@ pub fn decide(
         stream: top.stream,
         rewrite_first: chosen.first().is_some_and(|first| first.model != requested),
         chain,
-        context_chain: context_entries
-            .iter()
-            .map(|entry| entry.model.clone())
-            .collect(),
+        context_chain,
+        content_chain,
         chain_providers,
         context_providers,
+        content_providers,
         path: uses_providers.then(|| path.to_string()),
         rule,
         started_ms: start.started_ms,
         budget_ms,
     };
-    BodyDecision::Fallback(plan, skipped)
+    BodyDecision::Fallback(Box::new(plan), skipped)
 }
 
 /// The router control header values for one settings block, computed once at
@@ -569,8 +682,16 @@ mod tests {
         body: &[u8],
         usable: &mut Usable,
     ) -> (Plan, Vec<Skipped>) {
-        match decide(settings, RULE, start, "/v1/chat/completions", body, usable) {
-            BodyDecision::Fallback(plan, skipped) => (plan, skipped),
+        match decide(
+            settings,
+            RULE,
+            start,
+            "/v1/chat/completions",
+            body,
+            None,
+            usable,
+        ) {
+            BodyDecision::Fallback(plan, skipped) => (*plan, skipped),
             other => panic!("expected a plan, got {other:?}"),
         }
     }
@@ -580,11 +701,11 @@ mod tests {
     }
 
     const MAIN_1: Step = Step {
-        in_context_chain: false,
+        lane: Lane::Main,
         index: 1,
     };
     const CONTEXT_0: Step = Step {
-        in_context_chain: true,
+        lane: Lane::Context,
         index: 0,
     };
 
@@ -675,7 +796,7 @@ mod tests {
         assert_eq!(plan.path.as_deref(), Some("/v1/chat/completions"));
         assert_eq!(
             plan.provider(Step {
-                in_context_chain: false,
+                lane: Lane::Main,
                 index: 3
             }),
             Some("p2")
@@ -716,6 +837,7 @@ mod tests {
                         START,
                         "/v1/chat/completions",
                         body.as_bytes(),
+                        None,
                         &mut |_, _| Ok(())
                     ),
                     BodyDecision::Passthrough(_)
@@ -725,9 +847,10 @@ mod tests {
         }
     }
 
-    /// A plan's encoding as the gateway writes it: `v5`, body length, model span,
-    /// stream, chain length, rule, start, budget, rewrite_first, path; then models.
-    const VALID: &str = "v5 20 9 12 0 1 0 0 0 0 -\n\"a\"\n\"big\"";
+    /// A plan's encoding as the gateway writes it: `v6`, body length, model span,
+    /// stream, chain and context chain lengths, rule, start, budget, rewrite_first,
+    /// path; then the models of the chain, the context chain, the content chain.
+    const VALID: &str = "v6 20 9 12 0 1 1 0 0 0 0 -\n\"a\"\n\"big\"\n\"safe\"";
 
     #[test]
     fn corrupt_plans_are_refused_each_for_its_own_reason() {
@@ -737,35 +860,39 @@ mod tests {
         );
         for (text, reason) in [
             ("", "empty"),
-            ("v4 20 9 12 0 1 0 0 0 0 -\n\"a\"", "another version"),
+            ("v5 20 9 12 0 1 0 0 0 0 -\n\"a\"", "another version"),
             (
-                "v5 20 12 9 0 1 0 0 0 0 -\n\"a\"",
+                "v6 20 12 9 0 1 0 0 0 0 0 -\n\"a\"",
                 "span ends before it starts",
             ),
-            ("v5 20 9 9 0 1 0 0 0 0 -\n\"a\"", "empty span"),
-            ("v5 20 9 21 0 1 0 0 0 0 -\n\"a\"", "span past the body"),
-            ("v5 x 9 12 0 1 0 0 0 0 -\n\"a\"", "length not a number"),
-            ("v5 20 9 12 0 1 0 0\n\"a\"", "fields missing"),
-            ("v5 20 9 12 0 0 0 0 0 0 -\n\"a\"", "empty chain"),
+            ("v6 20 9 9 0 1 0 0 0 0 0 -\n\"a\"", "empty span"),
+            ("v6 20 9 21 0 1 0 0 0 0 0 -\n\"a\"", "span past the body"),
+            ("v6 x 9 12 0 1 0 0 0 0 0 -\n\"a\"", "length not a number"),
+            ("v6 20 9 12 0 1 0 0 0\n\"a\"", "fields missing"),
+            ("v6 20 9 12 0 0 0 0 0 0 0 -\n\"a\"", "empty chain"),
             (
-                "v5 20 9 12 0 3 0 0 0 0 -\n\"a\"\n\"big\"",
+                "v6 20 9 12 0 3 0 0 0 0 0 -\n\"a\"\n\"big\"",
                 "fewer models than the chain length",
             ),
-            ("v5 20 9 12 0 1 0 0 0 0 -", "no models at all"),
             (
-                "v5 20 9 12 0 1 0 0 0 0 -\na",
+                "v6 20 9 12 0 1 2 0 0 0 0 -\n\"a\"\n\"big\"",
+                "fewer than the context chain length",
+            ),
+            ("v6 20 9 12 0 1 0 0 0 0 0 -", "no models at all"),
+            (
+                "v6 20 9 12 0 1 0 0 0 0 0 -\na",
                 "a model that is not a JSON string",
             ),
             (
-                "v5 20 9 12 0 1 0 0 0 0 -\np\t\"a",
+                "v6 20 9 12 0 1 0 0 0 0 0 -\np\t\"a",
                 "an unterminated model literal",
             ),
             (
-                "v5 18446744073709551615 9 12 0 1 0 0 0 0 -\n\"a\"",
+                "v6 18446744073709551615 9 12 0 1 0 0 0 0 0 -\n\"a\"",
                 "absurd body length",
             ),
             (
-                "v5 99999999999 9 12 0 1 0 0 0 0 -\n\"a\"",
+                "v6 99999999999 9 12 0 1 0 0 0 0 0 -\n\"a\"",
                 "body over the limit",
             ),
         ] {
@@ -778,7 +905,7 @@ mod tests {
     fn attempt_records_round_trip() {
         let record = AttemptRecord {
             model: "b".into(),
-            context_chain: true,
+            lane: Lane::Context,
             index: 0,
             start_ms: 5,
             status: Some(429),
@@ -827,9 +954,15 @@ mod tests {
             .defaults;
         let decide_for = |name: String| {
             let body = format!(r#"{{"model":"{name}"}}"#);
-            decide(&settings, 0, START, "/p", body.as_bytes(), &mut |_, _| {
-                Ok(())
-            })
+            decide(
+                &settings,
+                0,
+                START,
+                "/p",
+                body.as_bytes(),
+                None,
+                &mut |_, _| Ok(()),
+            )
         };
         let longest = "m".repeat(MAX_MODEL_NAME_BYTES);
         assert!(matches!(decide_for(longest), BodyDecision::Fallback(..)));
@@ -862,6 +995,109 @@ mod tests {
             "x-envoy-upstream-rq-per-try-timeout-ms",
             "30000".to_string()
         )));
+    }
+
+    #[test]
+    fn a_refused_key_moves_on_only_to_another_provider() {
+        let settings = Config::parse(
+            br#"{"providers":{"a":{},"b":{}},
+                 "chains":{"m":[{"model":"m2","provider":"a"},{"model":"m3","provider":"b"},
+                                {"model":"m4","provider":"b"}, "m5"]}}"#,
+        )
+        .unwrap()
+        .defaults;
+        let (plan, _) = decide_with(&settings, START, br#"{"model":"m"}"#, &mut |_, _| Ok(()));
+        let step = |index| Step {
+            lane: Lane::Main,
+            index,
+        };
+        let denied = Class::ProviderDenied;
+        assert!(plan.has_next(step(0), denied), "route's cluster -> a");
+        assert!(plan.has_next(step(1), denied), "a -> b");
+        assert!(!plan.has_next(step(2), denied), "b -> b: the same key");
+        assert!(!plan.has_next(step(3), denied), "b -> the route's cluster");
+        assert!(plan.has_next(step(2), Class::FailureStatus));
+        assert_eq!(plan.next_step(step(1), Some(denied)), step(2));
+    }
+
+    #[test]
+    fn a_blocked_prompt_takes_the_content_chain_only() {
+        let settings =
+            Config::parse(br#"{"chains":{"m":["n"]},"content_policy_chains":{"m":["lenient"]}}"#)
+                .unwrap()
+                .defaults;
+        let (plan, _) = decide_with(&settings, START, br#"{"model":"m"}"#, &mut |_, _| Ok(()));
+        assert_eq!(plan.content_chain, ["lenient"]);
+        assert!(plan.facts().has_content_chain);
+        let policy = Some(Class::ContentPolicy);
+        let content = plan.next_step(Step::FIRST, policy);
+        assert_eq!(content, Step::first_of(Lane::Content));
+        assert_eq!(plan.model(content), "lenient");
+        assert!(
+            !plan.has_next(content, Class::ContentPolicy),
+            "nothing after it"
+        );
+        assert_eq!(
+            plan.next_step(Step::FIRST, Some(Class::FailureStatus)),
+            MAIN_1
+        );
+        assert_eq!(plan.max_retries(), 2);
+        assert_eq!(Plan::decode(plan.encode().as_bytes()), Some(plan));
+        let none = Config::parse(br#"{"chains":{"m":["n"]}}"#)
+            .unwrap()
+            .defaults;
+        let (plan, _) = decide_with(&none, START, br#"{"model":"m"}"#, &mut |_, _| Ok(()));
+        assert!(!plan.has_next(Step::FIRST, Class::ContentPolicy));
+    }
+
+    #[test]
+    fn client_chains_only_within_what_the_configuration_allows() {
+        let off = Config::parse(br#"{"chains":{"m":["n"]}}"#)
+            .unwrap()
+            .defaults;
+        assert_eq!(
+            client_chain(&off, b"x"),
+            ClientChain::Ignored("client chains are off (client_chains)")
+        );
+        let settings = Config::parse(
+            br#"{"chains":{"m":["n"]},"providers":{"p":{}},
+                 "client_chains":{"allow":["x",{"model":"y","provider":"p"}]}}"#,
+        )
+        .unwrap()
+        .defaults;
+        let ClientChain::Used(chain) = client_chain(&settings, b" y, x ") else {
+            panic!("allowed models are used");
+        };
+        assert_eq!(chain[0].provider.as_deref(), Some("p"));
+        assert_eq!(chain[1].model, "x");
+        assert!(matches!(
+            client_chain(&settings, b"x,z"),
+            ClientChain::Ignored(_)
+        ));
+        assert!(matches!(
+            client_chain(&settings, b" , "),
+            ClientChain::Ignored(_)
+        ));
+        assert!(matches!(
+            client_chain(&settings, b"\xff"),
+            ClientChain::Ignored(_)
+        ));
+        let body = br#"{"model":"m"}"#;
+        let plan = match decide(
+            &settings,
+            0,
+            START,
+            "/p",
+            body,
+            Some(&chain),
+            &mut |_, _| Ok(()),
+        ) {
+            BodyDecision::Fallback(plan, _) => *plan,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(plan.chain, ["m", "y", "x"]);
+        assert!(client_turns_off(b" OFF "));
+        assert!(!client_turns_off(b"on"));
     }
 
     #[test]

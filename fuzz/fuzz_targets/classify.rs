@@ -23,6 +23,7 @@ fuzz_target!(|data: &[u8]| {
     let request = RequestFacts {
         stream: control & 1 == 1,
         has_context_chain: control & 2 == 2,
+        has_content_chain: control & 4 == 4,
     };
     let status = [200, 400, 404, 429, 500, 503][usize::from(control >> 2) % 6];
     let content_type = String::from_utf8_lossy(body.get(..body.len().min(40)).unwrap_or_default());

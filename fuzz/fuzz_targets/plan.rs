@@ -13,7 +13,7 @@ use ai_fallback::plan::{decide, AttemptRecord, BodyDecision, Plan, RequestStart,
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
 
-const CLASSES: [Class; 8] = [
+const CLASSES: [Class; 10] = [
     Class::Success,
     Class::FailureStatus,
     Class::RateLimited,
@@ -21,6 +21,8 @@ const CLASSES: [Class; 8] = [
     Class::ErrorEnvelope,
     Class::StreamError,
     Class::ContextLength,
+    Class::ContentPolicy,
+    Class::ProviderDenied,
     Class::Final,
 ];
 
@@ -31,6 +33,7 @@ fn config() -> &'static Config {
             br#"{"chains": {"a": ["b", "c"], "x": ["x", "y"]},
                  "default_chain": ["d", {"model": "e\"\u00e9"}],
                  "context_chains": {"a": ["big"]},
+                 "content_policy_chains": {"a": ["lenient"]},
                  "budget_ms": 30000}"#,
         )
         .expect("the fuzz configuration is valid")
@@ -45,7 +48,7 @@ fn walk(plan: &Plan, classes: &[u8]) {
     let _ = plan.remaining_ms(0);
     let mut step = Step::FIRST;
     for byte in classes.iter().take(64) {
-        let class = CLASSES.get(usize::from(*byte) % 9).copied();
+        let class = CLASSES.get(usize::from(*byte) % 11).copied();
         if let Some(class) = class {
             let _ = plan.has_next(step, class);
         }
@@ -54,11 +57,7 @@ fn walk(plan: &Plan, classes: &[u8]) {
             assert!(plan.rewritten_len(&literal) >= literal.len());
         }
         step = plan.next_step(step, class);
-        let chain = if step.in_context_chain {
-            &plan.context_chain
-        } else {
-            &plan.chain
-        };
+        let chain = plan.chain_of(step).0;
         assert!(step.index < chain.len().max(1), "{step:?} outside {plan:?}");
     }
 }
@@ -89,8 +88,9 @@ fuzz_target!(|data: &[u8]| {
         _ => Ok(()),
     };
     let path = "/v1/chat/completions";
-    let decision = decide(config.settings(0), 0, start, path, data, &mut usable);
+    let decision = decide(config.settings(0), 0, start, path, data, None, &mut usable);
     if let BodyDecision::Fallback(plan, skipped) = decision {
+        let plan = *plan;
         assert!(skipped.len() < plan.chain.len() || skipped.is_empty());
         assert!(!plan.chain.is_empty());
         assert!(plan.model_span.end <= data.len());

@@ -13,8 +13,8 @@ use crate::classify::{
 use crate::cooldown::{health_key, retry_after_ms};
 use crate::outcome::provider_message;
 use crate::plan::{
-    attempt_property, AttemptRecord, Plan, Step, ATTEMPT_COUNT_HEADER, HEADERS_FOR_ENVOY_ONLY,
-    PLAN_PROPERTY, RETRY_HEADER,
+    attempt_property, AttemptRecord, Lane, Plan, Step, ATTEMPT_COUNT_HEADER,
+    HEADERS_FOR_ENVOY_ONLY, PLAN_PROPERTY, RETRY_HEADER,
 };
 use log::{debug, warn};
 use proxy_wasm::types::Action;
@@ -102,7 +102,7 @@ impl Attempt {
             }
             // Without a record (it could not be written) go on down the chain.
             None => Step {
-                in_context_chain: false,
+                lane: Lane::Main,
                 index: usize::try_from(attempt - 1)
                     .unwrap_or(usize::MAX)
                     .min(plan.chain.len().saturating_sub(1)),
@@ -182,9 +182,10 @@ impl Attempt {
         let now = self.host.now_ms();
         let host = self.host.as_ref();
         match class {
-            // A too long prompt or a client error says nothing about the model.
-            Class::ContextLength | Class::Final => {}
             Class::Success => health::record_success(host, &self.prepared, &key, now),
+            // A too long or blocked prompt, a refused key, a client error: nothing
+            // about the model.
+            _ if !class.is_model_failure() => {}
             _ => {
                 let retry_after = record.retry_after.as_deref().and_then(retry_after_ms);
                 health::record_failure(
@@ -376,7 +377,7 @@ impl Attempt {
         let record = AttemptRecord {
             model,
             provider,
-            context_chain: step.in_context_chain,
+            lane: step.lane,
             index: step.index,
             start_ms: now,
             ..AttemptRecord::default()

@@ -8,16 +8,18 @@ use crate::access::{
     self, find_usage, AccessRecord, AttemptView, SkippedView, Usage, ATTEMPTS_PROPERTY,
     FINAL_MODEL_PROPERTY, OUTCOME_PROPERTY, RECORD_PROPERTY, USAGE_TAIL_BYTES,
 };
+use crate::api::Api;
 use crate::config::{RouteFacts, Settings};
 use crate::cooldown::health_key;
 use crate::outcome::{outcome, provider_message, shaped_error, Outcome, ShapedError, Source};
 use crate::plan::{
-    attempt_property, decide, AttemptRecord, BodyDecision, Plan, RequestStart, Skipped,
-    DEADLINE_HEADER, PLAN_PROPERTY, RETRY_HEADER,
+    attempt_property, client_chain, client_turns_off, decide, AttemptRecord, BodyDecision,
+    ClientChain, Plan, RequestStart, Skipped, CLIENT_CHAIN_HEADER, DEADLINE_HEADER, PLAN_PROPERTY,
+    RETRY_HEADER, SWITCH_HEADER,
 };
 use crate::reply;
 use log::{debug, warn};
-use proxy_wasm::types::Action;
+use proxy_wasm::types::{Action, Status};
 use std::rc::Rc;
 
 /// How much of a failed final answer is read for the provider's message.
@@ -50,6 +52,10 @@ pub struct Gateway {
     skipped: Vec<Skipped>,
     /// The request's path, for providers with their own API root.
     path: String,
+    /// The API the request speaks, for the shape of the filter's own errors.
+    api: Api,
+    /// What became of the client's `x-ai-fallback-models`, if it sent one.
+    client_chain: Option<ClientChain>,
 }
 
 /// How the request ended, as far as its answer's headers tell.
@@ -75,6 +81,8 @@ impl Gateway {
             recorded: false,
             skipped: Vec::new(),
             path: String::new(),
+            api: Api::OpenAi,
+            client_chain: None,
         }
     }
 
@@ -108,11 +116,17 @@ impl Gateway {
         self.rule = self.prepared.config.select(&facts).0;
     }
 
+    /// Ends the request with one of the filter's errors, in the request's API shape.
+    fn send_error(&self, status: u32, openai_body: &str) -> Result<(), Status> {
+        let body = self.api.error_body(status, openai_body);
+        self.host.send_json(status, &body)
+    }
+
     fn reject_too_large(&mut self) -> Action {
         self.buffering = false;
         let limit = self.settings().max_body_bytes;
         debug!("#{} body over {limit} bytes: 413", self.id);
-        match self.host.send_json(413, &reply::body_too_large(limit)) {
+        match self.send_error(413, &reply::body_too_large(limit)) {
             Ok(()) => Action::Pause,
             Err(status) => {
                 // Never hold a request that no answer will end.
@@ -154,12 +168,17 @@ impl Gateway {
             first_chosen &= usable.is_err();
             usable
         };
+        let client_chain = match &self.client_chain {
+            Some(ClientChain::Used(entries)) => Some(entries.as_slice()),
+            _ => None,
+        };
         let decision = decide(
             self.settings(),
             self.rule,
             start,
             &self.path,
             &body,
+            client_chain,
             &mut usable,
         );
         let (plan, skipped) = match decision {
@@ -168,7 +187,7 @@ impl Gateway {
                 self.passthrough_reason = Some(reason);
                 return Action::Continue;
             }
-            BodyDecision::Fallback(plan, skipped) => (plan, skipped),
+            BodyDecision::Fallback(plan, skipped) => (*plan, skipped),
         };
         // The plan goes first: retries without it would resend the same model.
         if let Err(status) = self
@@ -250,7 +269,7 @@ impl Gateway {
         // written now, with the final status, whether or not that reply comes back
         // through this filter (it is written once either way).
         self.write_record();
-        match self.host.send_json(shaped.status, &shaped.body) {
+        match self.send_error(shaped.status, &shaped.body) {
             Ok(()) => Action::Pause,
             Err(status) => {
                 warn!("#{} cannot send the final error ({status:?})", self.id);
@@ -271,7 +290,7 @@ impl Gateway {
         let at = self.host.now_ms().saturating_add(FINAL_BODY_WAIT_MS);
         let on_expiry = OnExpiry::Reply {
             status: shaped.status,
-            body: shaped.body,
+            body: self.api.error_body(shaped.status, &shaped.body),
         };
         let deadlines = &self.prepared.deadlines;
         deadlines.set(self.host.as_ref(), self.id, at, on_expiry);
@@ -317,6 +336,10 @@ impl Gateway {
             .map(String::as_str);
         let final_model = records.last().map(|record| record.model.as_str());
         let usage = find_usage(&self.usage_tail).unwrap_or_default();
+        let client_chain_note = self.client_chain.as_ref().map(|chain| match chain {
+            ClientChain::Used(_) => "used".to_string(),
+            ClientChain::Ignored(why) => format!("ignored: {why}"),
+        });
         let elapsed_ms = self.host.now_ms().saturating_sub(start.started_ms);
         let record = AccessRecord {
             request_id: &request_id,
@@ -329,6 +352,7 @@ impl Gateway {
             budget_ms: self.plan.as_ref().and_then(|plan| plan.budget_ms),
             elapsed_ms,
             passthrough_reason: self.passthrough_reason,
+            client_chain: client_chain_note.as_deref(),
             attempts: records.iter().map(AttemptView::from).collect(),
             skipped: self
                 .skipped
@@ -462,15 +486,33 @@ impl Gateway {
         if declared_len.is_some_and(|len| len > settings.max_body_bytes) {
             return self.reject_too_large();
         }
+        self.api = Api::of_path(&path);
         self.path = path;
-        // The attempt role removes the header before the request leaves.
+        let started_ms = self.host.now_ms();
+        // The attempt role removes the client's headers before the request leaves.
+        let turned_off = self
+            .host
+            .header(Map::Request, SWITCH_HEADER)
+            .is_some_and(|value| client_turns_off(&value));
+        if turned_off {
+            self.passthrough_reason = Some("the client turned fallbacks off");
+            self.start = Some(RequestStart {
+                started_ms,
+                client_deadline_ms: None,
+            });
+            return Action::Continue;
+        }
+        self.client_chain = self
+            .host
+            .header(Map::Request, CLIENT_CHAIN_HEADER)
+            .map(|value| client_chain(self.settings(), &value));
         let client_deadline_ms = self
             .host
             .header(Map::Request, DEADLINE_HEADER)
             .and_then(|ms| parse_number::<u64>(&ms))
             .filter(|ms| *ms > 0);
         self.start = Some(RequestStart {
-            started_ms: self.host.now_ms(),
+            started_ms,
             client_deadline_ms,
         });
         // Hold the headers: the router reads its retry headers when it gets them, and

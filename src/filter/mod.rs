@@ -44,11 +44,14 @@ impl Prepared {
             .all_settings()
             .flat_map(|settings| {
                 let chains = settings.chains.iter().chain(&settings.context_chains);
+                let chains = chains.chain(&settings.content_policy_chains);
                 let keys = chains.clone().map(|(requested, _)| requested.clone());
                 let entries = chains
                     .flat_map(|(_, chain)| chain.iter())
                     .chain(&settings.default_chain)
                     .chain(&settings.default_context_chain)
+                    .chain(&settings.default_content_policy_chain)
+                    .chain(settings.client_chain_allow.iter().flatten())
                     .map(|entry| entry.model.clone());
                 keys.chain(entries).collect::<Vec<_>>()
             })

@@ -10,6 +10,7 @@
 //! | `status-NNN` | answer with status NNN (200..=999) and an OpenAI-style error body |
 //! | `html` | CDN-style HTML error page (`text/html`) |
 //! | `body-noinstances`, `body-chutenotfound`, `body-overloaded`, `body-errorenvelope`, `body-ctxlen`, `body-empty` | canned provider bodies (status from `status-NNN`, else 200) |
+//! | `body-keyecho-N` | an error body quoting the request's API key (the `authorization` value, without `Bearer `; a fake key when absent), shape N from 0 to 7: `key=KEY`, `provided: KEY.`, `Authorization='Bearer KEY'`, `"KEY"`, `the key KEY is`, `{"detail": "...: Bearer KEY"}`, `{"error": "KEY"}`, `{"message": "... KEY ..."}` |
 //! | `retry-after-S` | add a `retry-after: S` header |
 //! | `delay-MS` | wait MS milliseconds before the response headers |
 //! | `drop` | close the connection without answering |
@@ -399,6 +400,10 @@ async fn handle(
                     .and_then(|v| v.to_str().ok()?.trim().parse().ok())
                     .unwrap_or_else(|| state.next_seed.fetch_add(1, Ordering::Relaxed));
                 let answer = Answer {
+                    authorization: head
+                        .headers
+                        .get(AUTHORIZATION)
+                        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
                     endpoint,
                     model,
                     stream,
@@ -472,6 +477,8 @@ fn echo(body: Bytes) -> Response<ResponseBody> {
 
 /// A request to an OpenAI endpoint with a model, to be answered as scripted.
 struct Answer {
+    /// The request's `authorization` value, for bodies that echo it.
+    authorization: Option<String>,
     endpoint: Endpoint,
     model: String,
     stream: bool,
@@ -514,7 +521,7 @@ impl Answer {
 
         let status = script.status.unwrap_or(StatusCode::OK);
         let mut response = if let Some(canned) = script.body {
-            let (content_type, body) = reply::canned(canned, status);
+            let (content_type, body) = reply::canned(canned, status, self.authorization.as_deref());
             response(status, Some(content_type), body)
         } else if status != StatusCode::OK {
             json_response(status, &reply::failure_json(status, &self.model))

@@ -27,7 +27,8 @@
 //!
 //! Requests to paths other than `/v1/chat/completions`, `/v1/completions`,
 //! `/v1/responses`, `/v1/embeddings`, or without a string `model`, are echoed back
-//! byte for byte. `GET /__mock/requests` lists what was recorded and
+//! byte for byte, unless the request header `x-mock-script` gives the directives
+//! (for a body the mock cannot read: its value is used as the model name). `GET /__mock/requests` lists what was recorded and
 //! `DELETE /__mock/requests` forgets it.
 
 mod chaos;
@@ -77,6 +78,10 @@ pub const GARBAGE: &[u8] = b"NOT HTTP AT ALL\r\n\r\n";
 const X_MOCK_NAME: HeaderName = HeaderName::from_static("x-mock-name");
 const X_MOCK_MODEL: HeaderName = HeaderName::from_static("x-mock-model");
 const X_MOCK_ECHO: HeaderName = HeaderName::from_static("x-mock-echo");
+
+/// A request header whose value scripts the answer, as a model name would, for a
+/// body without a readable `model` (one that is not valid JSON, say).
+pub const SCRIPT_HEADER: &str = "x-mock-script";
 
 // A concrete error type rather than a boxed `dyn Error`: with a trait object here
 // the compiler cannot prove the spawned connection future `Send`.
@@ -392,7 +397,16 @@ async fn handle(
     let response = if !authorized {
         json_response(StatusCode::UNAUTHORIZED, &reply::invalid_api_key_json())
     } else {
-        match (Endpoint::from_path(head.uri.path()), model) {
+        let script_header = || {
+            head.headers
+                .get(SCRIPT_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        match (
+            Endpoint::from_path(head.uri.path()),
+            model.or_else(script_header),
+        ) {
             (Some(endpoint), Some(model)) => {
                 let seed = head
                     .headers

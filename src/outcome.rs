@@ -186,8 +186,9 @@ pub fn shaped_error(
 
 /// A short excerpt of a provider's error message from its answer's body: the
 /// `message` of an OpenAI-style error, or a `detail`/`message` string. Nothing from a
-/// body that is not JSON (a CDN's HTML page says nothing useful), and anything that
-/// looks like a credential is masked.
+/// body that is not JSON (a CDN's HTML page says nothing useful), and nothing at all
+/// from a message that might quote a credential (see [`may_hold_a_secret`]): a
+/// provider that echoes the key Envoy injected must not hand it to the client.
 pub fn provider_message(body: &[u8]) -> Option<String> {
     let value: serde_json::Value = serde_json::from_slice(body).ok()?;
     let text = value
@@ -196,28 +197,155 @@ pub fn provider_message(body: &[u8]) -> Option<String> {
         .or_else(|| value.get("detail"))
         .or_else(|| value.get("message"))?
         .as_str()?;
-    let masked: Vec<String> = text
+    // Judged on the whole text: a key cut at the excerpt's end would still leak.
+    if may_hold_a_secret(text) {
+        return None;
+    }
+    let words: Vec<String> = text
         .split_whitespace()
-        .map(|word| {
-            let looks_secret = word.starts_with("sk-")
-                || word.starts_with("Bearer")
-                || (word.len() >= 24
-                    && word
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c)));
-            if looks_secret {
-                "[redacted]".to_string()
-            } else {
-                word.chars().filter(|c| !c.is_control()).collect()
-            }
-        })
+        .map(|word| word.chars().filter(|c| !c.is_control()).collect())
         .collect();
-    let joined = masked.join(" ");
+    let joined = words.join(" ");
     let mut excerpt: String = joined.chars().take(EXCERPT_CHARS).collect();
     if joined.chars().count() > EXCERPT_CHARS {
         excerpt.push('…');
     }
     (!excerpt.is_empty()).then_some(excerpt)
+}
+
+/// The characters keys and tokens are written with (base64 and base64url included).
+fn is_key_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "_-+/=.".contains(c)
+}
+
+/// A run of key characters this long is taken for a key, whatever it says.
+const KEY_RUN: usize = 16;
+
+/// Words that announce a credential; a message that has one is never quoted.
+const CREDENTIAL_WORDS: [&str; 15] = [
+    "key",
+    "keys",
+    "apikey",
+    "api_key",
+    "token",
+    "authorization",
+    "authorisation",
+    "auth",
+    "bearer",
+    "secret",
+    "password",
+    "passwd",
+    "credential",
+    "credentials",
+    "signature",
+];
+
+/// How known keys and tokens begin (OpenAI, Groq, Hugging Face, GitHub, xAI, Google,
+/// a JWT, ...).
+const KEY_PREFIXES: [&str; 14] = [
+    "sk-",
+    "sk_",
+    "gsk_",
+    "rk_",
+    "pk_",
+    "hf_",
+    "ghp_",
+    "gho_",
+    "github_pat_",
+    "xai-",
+    "AIza",
+    "eyJ",
+    "nvapi-",
+    "pplx-",
+];
+
+/// Whether `text` might quote a credential. Errs on the side of yes: a message that
+/// is not quoted costs the operator a hint, a key that is quoted costs the key.
+///
+/// Yes when it has: a run of 16 or more key characters; a word such as `key`,
+/// `token`, `authorization`, `bearer`, `secret`, `password`; an `=`; after a `:`,
+/// a value of 6 or more key characters that is not a plain word; in quotes, a
+/// single token of 6 or more characters; a word that begins like a known key; a
+/// part of a word, 6 or more letters and digits, that mixes both (or mixes case
+/// like a random string).
+pub fn may_hold_a_secret(text: &str) -> bool {
+    if text.contains('=') {
+        return true;
+    }
+    let runs: Vec<(usize, &str)> = key_runs(text).collect();
+    if runs.iter().any(|(_, run)| run.chars().count() >= KEY_RUN) {
+        return true;
+    }
+    let has_credential_word = text
+        .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+        .flat_map(|word| std::iter::once(word).chain(word.split('_')))
+        .any(|word| {
+            CREDENTIAL_WORDS
+                .iter()
+                .any(|credential| word.eq_ignore_ascii_case(credential))
+        });
+    if has_credential_word {
+        return true;
+    }
+    runs.iter().any(|(at, run)| {
+        let before = text.get(..*at).unwrap_or_default();
+        let after = text.get(at + run.len()..).unwrap_or_default();
+        KEY_PREFIXES.iter().any(|prefix| run.starts_with(prefix))
+            || run
+                .split(|c: char| !c.is_ascii_alphanumeric())
+                .any(looks_random)
+            || (run.len() >= 6 && after_a_colon(before) && !is_plain_word(run))
+            || (run.len() >= 6 && quoted(before, after))
+    })
+}
+
+/// The maximal runs of key characters in `text`, with their byte offsets.
+fn key_runs(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    let mut rest = text.char_indices().peekable();
+    std::iter::from_fn(move || {
+        while rest.next_if(|(_, c)| !is_key_char(*c)).is_some() {}
+        let (start, _) = *rest.peek()?;
+        let mut end = start;
+        while let Some((at, c)) = rest.next_if(|(_, c)| is_key_char(*c)) {
+            end = at + c.len_utf8();
+        }
+        Some((start, text.get(start..end).unwrap_or_default()))
+    })
+}
+
+/// Letters and digits mixed in 6 or more characters (`abc123`), or a random mix of
+/// cases in 8 or more letters (`ZqXwLpMn`, not `OpenRouter`).
+fn looks_random(part: &str) -> bool {
+    let letters = part.chars().filter(char::is_ascii_alphabetic).count();
+    let digits = part.chars().filter(char::is_ascii_digit).count();
+    let inner_capitals = part
+        .chars()
+        .skip(1)
+        .filter(char::is_ascii_uppercase)
+        .count();
+    let lowercase = part.chars().any(|c| c.is_ascii_lowercase());
+    (part.len() >= 6 && letters > 0 && digits > 0)
+        || (part.len() >= 8 && lowercase && inner_capitals >= 2)
+}
+
+/// A word of letters only, capitalised at most at its start.
+fn is_plain_word(run: &str) -> bool {
+    run.chars().all(|c| c.is_ascii_alphabetic())
+        && !run.chars().skip(1).any(|c| c.is_ascii_uppercase())
+}
+
+const QUOTES: [char; 3] = ['"', '\'', '`'];
+
+/// Whether the text before a run ends with a `:`, then spaces or a quote.
+fn after_a_colon(before: &str) -> bool {
+    before
+        .trim_end_matches(|c: char| c.is_whitespace() || QUOTES.contains(&c))
+        .ends_with(':')
+}
+
+/// Whether a run is all there is between two quotes.
+fn quoted(before: &str, after: &str) -> bool {
+    before.ends_with(QUOTES) && after.starts_with(QUOTES)
 }
 
 #[cfg(test)]
@@ -362,12 +490,116 @@ mod tests {
             Some("No instances available")
         );
         assert_eq!(
-            provider_message(br#"{"error":"bad key sk-abcdef1234 used"}"#).as_deref(),
-            Some("bad key [redacted] used")
+            provider_message(br#"{"error":"bad key sk-abcdef1234 used"}"#),
+            None
         );
         assert_eq!(provider_message(b"<html>502</html>"), None);
         let long = format!(r#"{{"detail":"{}"}}"#, "word ".repeat(100));
         let excerpt = provider_message(long.as_bytes()).unwrap();
         assert_eq!(excerpt.chars().count(), EXCERPT_CHARS + 1);
+    }
+
+    /// The shapes providers quote keys in, for long and short keys; none may come
+    /// back in an excerpt.
+    #[test]
+    fn a_message_that_may_quote_a_key_is_never_quoted() {
+        let keys = [
+            "gsk_4fJ9qLx2VbN7sT1wZp8RkD3mY6hC0eGa5uWiQo",
+            "sk-proj-abc123def456",
+            "Zq7Xw2Lp4Mn8",
+            "k3yZ9qW1",
+            "abcdwxyz",
+            "ZqXwLpMnRt",
+            "12345678",
+        ];
+        let shapes = [
+            "model not found for key=KEY",
+            "Incorrect API key provided: KEY.",
+            "Authorization='Bearer KEY'",
+            "invalid credential \"KEY\"",
+            "the key KEY is not valid for this model",
+            "request denied: Bearer KEY",
+            "KEY",
+            "upstream refused KEY today",
+            "token KEY expired",
+            "x-api-key: KEY",
+            "denied: `KEY`",
+            "secret KEY",
+            "password KEY",
+            "api_key KEY rejected",
+            "rejected 'KEY'",
+            "authorisation failed for KEY",
+        ];
+        for key in keys {
+            for shape in shapes {
+                let text = shape.replace("KEY", key);
+                // Shapes without context are caught only for keys that look random.
+                let without_context = ["KEY", "upstream refused KEY today"].contains(&shape);
+                let plain_key = key.chars().all(|c| c.is_ascii_lowercase())
+                    || key.chars().all(|c| c.is_ascii_digit());
+                if without_context && plain_key {
+                    continue;
+                }
+                for body in [
+                    json!({"error": {"message": text}}),
+                    json!({"error": text}),
+                    json!({"detail": text}),
+                    json!({"message": text}),
+                ] {
+                    let excerpt = provider_message(body.to_string().as_bytes());
+                    assert_eq!(excerpt, None, "{body}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn plain_provider_messages_are_still_quoted() {
+        for text in [
+            "No instances available",
+            "chute not found",
+            "The model is overloaded. Please try again later.",
+            "upstream provider error",
+            "mock failure 503 for model y+status-503",
+            "Error: upstream provider error",
+            "model gpt-4o-mini is overloaded",
+            "llama-3.3-70b has no capacity (HTTP 503)",
+            "This model's maximum context length is 8192 tokens. However, your \
+             messages resulted in 9000 tokens.",
+            "Service OpenRouter is unavailable",
+        ] {
+            let body = json!({"error": {"message": text}}).to_string();
+            assert_eq!(
+                provider_message(body.as_bytes()).as_deref(),
+                Some(text),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn what_may_hold_a_secret() {
+        for (text, secret) in [
+            ("a run of sixteen chars: abcdefghijklmnop", true),
+            ("abcdefghijklmnop", true),
+            ("abcdefghijklmno", false),
+            ("x = y", true),
+            ("code: abc123", true),
+            ("Error: Upstream failure", false),
+            ("Error: HTTPError", true), // not a plain word after a colon: in doubt
+            ("Error: SERVICE_UNAVAILABLE", true),
+            ("\"abcdef\" is odd", true),
+            ("\"abcde\" is fine", false),
+            ("org-abc123 is limited", true),
+            ("sk-ab", true),
+            ("AIzaSy", true),
+            ("eyJhb", true),
+            ("OpenRouter DeepSeek", false),
+            ("ZqXwLpMn", true),
+            ("KEYS rotated", true),
+            ("", false),
+        ] {
+            assert_eq!(may_hold_a_secret(text), secret, "{text:?}");
+        }
     }
 }

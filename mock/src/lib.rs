@@ -10,6 +10,7 @@
 //! | `status-NNN` | answer with status NNN (200..=999) and an OpenAI-style error body |
 //! | `html` | CDN-style HTML error page (`text/html`) |
 //! | `body-noinstances`, `body-chutenotfound`, `body-overloaded`, `body-errorenvelope`, `body-ctxlen`, `body-empty` | canned provider bodies (status from `status-NNN`, else 200) |
+//! | `body-keyecho-N` | an error body quoting the request's API key (the `authorization` value, without `Bearer `; a fake key when absent), shape N from 0 to 7: `key=KEY`, `provided: KEY.`, `Authorization='Bearer KEY'`, `"KEY"`, `the key KEY is`, `{"detail": "...: Bearer KEY"}`, `{"error": "KEY"}`, `{"message": "... KEY ..."}` |
 //! | `retry-after-S` | add a `retry-after: S` header |
 //! | `delay-MS` | wait MS milliseconds before the response headers |
 //! | `drop` | close the connection without answering |
@@ -26,7 +27,8 @@
 //!
 //! Requests to paths other than `/v1/chat/completions`, `/v1/completions`,
 //! `/v1/responses`, `/v1/embeddings`, or without a string `model`, are echoed back
-//! byte for byte. `GET /__mock/requests` lists what was recorded and
+//! byte for byte, unless the request header `x-mock-script` gives the directives
+//! (for a body the mock cannot read: its value is used as the model name). `GET /__mock/requests` lists what was recorded and
 //! `DELETE /__mock/requests` forgets it.
 
 mod chaos;
@@ -76,6 +78,10 @@ pub const GARBAGE: &[u8] = b"NOT HTTP AT ALL\r\n\r\n";
 const X_MOCK_NAME: HeaderName = HeaderName::from_static("x-mock-name");
 const X_MOCK_MODEL: HeaderName = HeaderName::from_static("x-mock-model");
 const X_MOCK_ECHO: HeaderName = HeaderName::from_static("x-mock-echo");
+
+/// A request header whose value scripts the answer, as a model name would, for a
+/// body without a readable `model` (one that is not valid JSON, say).
+pub const SCRIPT_HEADER: &str = "x-mock-script";
 
 // A concrete error type rather than a boxed `dyn Error`: with a trait object here
 // the compiler cannot prove the spawned connection future `Send`.
@@ -391,7 +397,16 @@ async fn handle(
     let response = if !authorized {
         json_response(StatusCode::UNAUTHORIZED, &reply::invalid_api_key_json())
     } else {
-        match (Endpoint::from_path(head.uri.path()), model) {
+        let script_header = || {
+            head.headers
+                .get(SCRIPT_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        match (
+            Endpoint::from_path(head.uri.path()),
+            model.or_else(script_header),
+        ) {
             (Some(endpoint), Some(model)) => {
                 let seed = head
                     .headers
@@ -399,6 +414,10 @@ async fn handle(
                     .and_then(|v| v.to_str().ok()?.trim().parse().ok())
                     .unwrap_or_else(|| state.next_seed.fetch_add(1, Ordering::Relaxed));
                 let answer = Answer {
+                    authorization: head
+                        .headers
+                        .get(AUTHORIZATION)
+                        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
                     endpoint,
                     model,
                     stream,
@@ -472,6 +491,8 @@ fn echo(body: Bytes) -> Response<ResponseBody> {
 
 /// A request to an OpenAI endpoint with a model, to be answered as scripted.
 struct Answer {
+    /// The request's `authorization` value, for bodies that echo it.
+    authorization: Option<String>,
     endpoint: Endpoint,
     model: String,
     stream: bool,
@@ -514,7 +535,7 @@ impl Answer {
 
         let status = script.status.unwrap_or(StatusCode::OK);
         let mut response = if let Some(canned) = script.body {
-            let (content_type, body) = reply::canned(canned, status);
+            let (content_type, body) = reply::canned(canned, status, self.authorization.as_deref());
             response(status, Some(content_type), body)
         } else if status != StatusCode::OK {
             json_response(status, &reply::failure_json(status, &self.model))

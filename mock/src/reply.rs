@@ -65,10 +65,39 @@ pub(crate) fn invalid_api_key_json() -> Value {
     }})
 }
 
-/// The content type and bytes of a canned body.
-pub(crate) fn canned(body: CannedBody, status: StatusCode) -> (&'static str, Bytes) {
+/// The key `body-keyecho-N` quotes when a request carries no `authorization`.
+pub(crate) const FAKE_KEY: &str = "sk-mock-fake-key-0123456789abcdef";
+
+/// The error bodies of `body-keyecho-N`: the ways providers have been seen quoting
+/// the key they were sent. `authorization` is the request's header value.
+pub(crate) fn key_echo_json(shape: u8, authorization: Option<&str>) -> Value {
+    let authorization = authorization.map_or_else(|| format!("Bearer {FAKE_KEY}"), str::to_owned);
+    let key = authorization
+        .strip_prefix("Bearer ")
+        .unwrap_or(&authorization)
+        .to_owned();
+    let message = |text: String| json!({"error": {"message": text, "type": "server_error"}});
+    match shape {
+        0 => message(format!("model not found for key={key}")),
+        1 => message(format!("Incorrect API key provided: {key}.")),
+        2 => message(format!("Authorization='{authorization}'")),
+        3 => message(format!("invalid credential \"{key}\"")),
+        4 => message(format!("the key {key} is not valid for this model")),
+        5 => json!({"detail": format!("request denied: {authorization}")}),
+        6 => json!({"error": key}),
+        _ => json!({"message": format!("upstream refused {key} today")}),
+    }
+}
+
+/// The content type and bytes of a canned body; `authorization` is the request's.
+pub(crate) fn canned(
+    body: CannedBody,
+    status: StatusCode,
+    authorization: Option<&str>,
+) -> (&'static str, Bytes) {
     const JSON: &str = "application/json";
     let value = match body {
+        CannedBody::KeyEcho(shape) => key_echo_json(shape, authorization),
         CannedBody::Html => return ("text/html", Bytes::from(cdn_error_page(status))),
         CannedBody::Empty => return (JSON, Bytes::new()),
         CannedBody::NoInstances => json!({"detail": "No instances available"}),
@@ -265,6 +294,20 @@ impl PacedSender {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_echo_quotes_the_key_in_every_shape() {
+        for shape in 0..crate::script::KEY_ECHO_SHAPES {
+            let with_key = key_echo_json(shape, Some("Bearer k3yZ9qW1")).to_string();
+            assert!(with_key.contains("k3yZ9qW1"), "{shape}: {with_key}");
+            let without = key_echo_json(shape, None).to_string();
+            assert!(without.contains(FAKE_KEY), "{shape}: {without}");
+        }
+        assert_eq!(
+            key_echo_json(2, Some("Bearer abc")).to_string(),
+            r#"{"error":{"message":"Authorization='Bearer abc'","type":"server_error"}}"#
+        );
+    }
 
     async fn collect(plan: StreamPlan) -> (String, bool) {
         let (tx, mut rx) = mpsc::channel(64);

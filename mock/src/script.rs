@@ -25,7 +25,14 @@ pub(crate) enum CannedBody {
     ContextLength,
     /// A zero-length body (`body-empty`).
     Empty,
+    /// An OpenAI-style error whose message quotes the request's API key, in the shape
+    /// numbered N (`body-keyecho-N`, see [`KEY_ECHO_SHAPES`]): a provider that echoes
+    /// the key Envoy injected.
+    KeyEcho(u8),
 }
+
+/// How many `body-keyecho-N` shapes there are (N from 0).
+pub(crate) const KEY_ECHO_SHAPES: u8 = 8;
 
 impl CannedBody {
     fn from_directive(name: &str) -> Option<CannedBody> {
@@ -37,7 +44,13 @@ impl CannedBody {
             "body-errorenvelope" => CannedBody::ErrorEnvelope,
             "body-ctxlen" => CannedBody::ContextLength,
             "body-empty" => CannedBody::Empty,
-            _ => return None,
+            _ => {
+                let shape = name.strip_prefix("body-keyecho-")?.parse().ok()?;
+                if shape >= KEY_ECHO_SHAPES {
+                    return None;
+                }
+                CannedBody::KeyEcho(shape)
+            }
         })
     }
 }
@@ -224,6 +237,16 @@ mod tests {
     fn malformed_directives_are_names() {
         let script = Script::parse("status-99+status-1234+status-abc+delay-x+status-100");
         assert_eq!(script, Script::default());
+    }
+
+    #[test]
+    fn key_echo_shapes() {
+        assert_eq!(
+            Script::parse("m+status-500+body-keyecho-3").body,
+            Some(CannedBody::KeyEcho(3))
+        );
+        assert_eq!(Script::parse("m+body-keyecho-8").body, None);
+        assert_eq!(Script::parse("m+body-keyecho-x").body, None);
     }
 
     #[test]

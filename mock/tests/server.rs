@@ -406,6 +406,54 @@ async fn echo_non_json_byte_for_byte() {
 }
 
 #[tokio::test]
+async fn script_header_answers_a_body_without_a_model() {
+    let mock = Mock::start();
+    let url = format!("{}/v1/chat/completions", mock.url());
+    let response = client()
+        .post(&url)
+        .header(mock_upstream::SCRIPT_HEADER, "h+status-502")
+        .body(r#"{"model":"a","n":01}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    assert_eq!(header(&response, "x-mock-echo"), None);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(
+        error["error"]["message"],
+        "mock failure 502 for model h+status-502"
+    );
+
+    // A readable model wins over the header.
+    let response = client()
+        .post(&url)
+        .header(mock_upstream::SCRIPT_HEADER, "h+status-502")
+        .json(&json!({"model": "ok"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn key_echo_quotes_the_authorization_header() {
+    let mock = Mock::start();
+    let response = client()
+        .post(format!("{}/v1/chat/completions", mock.url()))
+        .header("authorization", "Bearer gsk_abc123")
+        .json(&json!({"model": "m+status-500+body-keyecho-0"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 500);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(
+        error["error"]["message"],
+        "model not found for key=gsk_abc123"
+    );
+}
+
+#[tokio::test]
 async fn api_key_check() {
     let mock = Mock::start_with(MockOptions {
         expected_api_key: Some("sekrit".into()),

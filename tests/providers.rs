@@ -48,6 +48,13 @@ fn plugin() -> Value {
             "s+status-502": [
                 {"model": "eu+status-502", "provider": "openai_eu"},
                 {"model": "or-stream+chunks-3+gap-50", "provider": "openrouter"}
+            ],
+            "pay+status-402": [{"model": "eu-ok", "provider": "openai_eu"}],
+            "quota+status-429+body-quota": [{"model": "eu-ok", "provider": "openai_eu"}],
+            "same+status-402": ["same-provider-model"],
+            "down+status-502": [
+                {"model": "eu-pay+status-402", "provider": "openai_eu"},
+                {"model": "eu-pay-again", "provider": "openai_eu"}
             ]
         }
     })
@@ -214,4 +221,61 @@ async fn the_chain_order_holds_over_many_requests() {
     assert_eq!(models_seen(&p.openai), vec!["gpt+status-502"; 20]);
     assert_eq!(models_seen(&p.openai_eu), vec!["eu+status-502"; 20]);
     assert_eq!(models_seen(&p.openrouter), vec!["or-name"; 20]);
+}
+
+/// The `class` counters of the filter's attempts, by stat name.
+fn attempt_classes(envoy: &Envoy) -> Vec<String> {
+    let (_, stats) = envoy.admin_get("/stats?filter=ai_fallback.attempts_total");
+    stats
+        .lines()
+        .filter(|line| !line.ends_with(": 0"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A 402 (or a 429 saying the quota is gone) is about one provider's key or
+/// account: the next model on another provider, with its own key, answers.
+#[tokio::test]
+async fn a_refused_key_falls_back_to_another_provider() {
+    let p = start();
+    for model in ["pay+status-402", "quota+status-429+body-quota"] {
+        let (status, body) = chat(&p.envoy, &json!({"model": model, "messages": []})).await;
+        assert_eq!(status, 200, "{model}: {body}");
+        let answer: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(answer["model"], "eu-ok");
+    }
+    assert_eq!(models_seen(&p.openai_eu), ["eu-ok", "eu-ok"]);
+    let classes = attempt_classes(&p.envoy);
+    assert_eq!(
+        classes
+            .iter()
+            .filter(|line| line.contains("class.provider_denied: 1"))
+            .count(),
+        2,
+        "{classes:?}"
+    );
+}
+
+/// The same refusal with the next model on the same provider (or one the route's
+/// cluster serves) is final: never the same credentials again.
+#[tokio::test]
+async fn a_refused_key_is_final_on_the_same_provider() {
+    let p = start();
+    let (status, body) = chat(
+        &p.envoy,
+        &json!({"model": "same+status-402", "messages": []}),
+    )
+    .await;
+    assert_eq!(status, 402, "{body}");
+    assert_eq!(models_seen(&p.openai), ["same+status-402"]);
+    assert!(p.openai_eu.requests().is_empty());
+    // The second model's provider refuses; the third is on that provider too.
+    let (status, body) = chat(
+        &p.envoy,
+        &json!({"model": "down+status-502", "messages": []}),
+    )
+    .await;
+    assert_eq!(status, 402, "{body}");
+    assert_eq!(models_seen(&p.openai_eu), ["eu-pay+status-402"]);
+    assert!(p.openrouter.requests().is_empty());
 }

@@ -550,11 +550,17 @@ impl Answer {
                 gap: script.gap,
                 include_usage: self.include_usage,
                 failure: script.stream_failure,
+                anthropic: self.endpoint == Endpoint::Messages,
             };
             event_stream(plan, (!self.over_http2).then_some(raw))
         } else if script.cut {
             let completion = reply::chat_completion_json(&state.completion_id(), &self.model);
             cut_json_response(&completion, (!self.over_http2).then_some(raw))
+        } else if self.endpoint == Endpoint::Messages {
+            json_response(
+                status,
+                &reply::message_json(&state.completion_id(), &self.model),
+            )
         } else {
             let completion = reply::chat_completion_json(&state.completion_id(), &self.model);
             json_response(status, &completion)

@@ -21,6 +21,8 @@ pub(crate) enum Endpoint {
     Completions,
     Responses,
     Embeddings,
+    /// Anthropic's Messages API.
+    Messages,
 }
 
 impl Endpoint {
@@ -37,6 +39,7 @@ impl Endpoint {
             "completions" => Endpoint::Completions,
             "responses" => Endpoint::Responses,
             "embeddings" => Endpoint::Embeddings,
+            "messages" => Endpoint::Messages,
             _ => return None,
         })
     }
@@ -112,6 +115,24 @@ pub(crate) fn canned(
             "type": "provider_error",
             "code": 500,
         }}),
+        CannedBody::Quota => json!({"error": {
+            "message": "You exceeded your current quota, please check your plan and \
+                        billing details.",
+            "type": "insufficient_quota",
+            "code": "insufficient_quota",
+        }}),
+        CannedBody::ContentFilter => json!({"error": {
+            "message": "The response was filtered due to the prompt triggering Azure \
+                        OpenAI's content management policy.",
+            "type": null,
+            "param": "prompt",
+            "code": "content_filter",
+            "status": 400,
+        }}),
+        CannedBody::AnthropicOverloaded => json!({"type": "error", "error": {
+            "type": "overloaded_error",
+            "message": "Overloaded",
+        }}),
         CannedBody::ContextLength => json!({"error": {
             "message": "This model's maximum context length is 8192 tokens. \
                         However, your messages resulted in 9000 tokens.",
@@ -151,6 +172,16 @@ pub(crate) fn chat_completion_json(id: &str, model: &str) -> Value {
     })
 }
 
+/// An Anthropic Messages API answer.
+pub(crate) fn message_json(id: &str, model: &str) -> Value {
+    json!({
+        "id": id, "type": "message", "role": "assistant", "model": model,
+        "content": [{"type": "text", "text": "Hello from the mock."}],
+        "stop_reason": "end_turn",
+        "usage": {"input_tokens": 10, "output_tokens": COMPLETION_TOKENS},
+    })
+}
+
 pub(crate) fn embeddings_json(model: &str) -> Value {
     json!({
         "object": "list",
@@ -177,6 +208,8 @@ pub(crate) struct StreamPlan {
     pub gap: Duration,
     pub include_usage: bool,
     pub failure: Option<StreamFailure>,
+    /// Anthropic's events (`message_start` ... `message_stop`) instead of OpenAI's.
+    pub anthropic: bool,
 }
 
 /// One item for the response body: a complete SSE event, or the instruction to
@@ -217,6 +250,10 @@ impl StreamPlan {
             None => self.chunks,
         };
 
+        if self.anthropic {
+            self.run_anthropic(&mut sender, content_chunks).await;
+            return;
+        }
         let role = self.chunk(json!({"role": "assistant", "content": ""}), Value::Null);
         if !sender.event(data_event(&role)).await {
             return;
@@ -253,6 +290,32 @@ impl StreamPlan {
             }
         }
         sender.event("data: [DONE]\n\n".to_owned()).await;
+    }
+
+    /// Anthropic's stream: `message_start`, a `content_block_delta` per chunk, and
+    /// `message_stop`, each with its `event:` line.
+    async fn run_anthropic(&self, sender: &mut PacedSender, content_chunks: u32) {
+        let named = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
+        let start = json!({"type": "message_start", "message": {
+            "id": self.id, "type": "message", "role": "assistant", "model": self.model,
+            "content": [], "usage": {"input_tokens": 10, "output_tokens": 1}}});
+        if !sender.event(named("message_start", start)).await {
+            return;
+        }
+        for i in 0..content_chunks {
+            let delta = json!({"type": "content_block_delta", "index": 0,
+                "delta": {"type": "text_delta", "text": format!("tok{i} ")}});
+            if !sender.event(named("content_block_delta", delta)).await {
+                return;
+            }
+        }
+        if matches!(self.failure, Some(StreamFailure::BreakAfter(_))) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = sender.tx.send(StreamItem::Abort).await;
+            return;
+        }
+        let stop = json!({"type": "message_stop"});
+        sender.event(named("message_stop", stop)).await;
     }
 
     fn chunk(&self, delta: Value, finish_reason: Value) -> Value {
@@ -332,7 +395,21 @@ mod tests {
             gap: Duration::ZERO,
             include_usage,
             failure,
+            anthropic: false,
         }
+    }
+
+    #[tokio::test]
+    async fn anthropic_streams_end_with_message_stop() {
+        let anthropic = StreamPlan {
+            anthropic: true,
+            ..plan(None, false)
+        };
+        let (text, aborted) = collect(anthropic).await;
+        assert!(!aborted);
+        assert!(text.starts_with("event: message_start\n"), "{text}");
+        assert!(text.ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"));
+        assert_eq!(text.matches("content_block_delta").count(), 4, "{text}");
     }
 
     fn data_payloads(text: &str) -> Vec<&str> {

@@ -25,6 +25,13 @@ pub(crate) enum CannedBody {
     ContextLength,
     /// A zero-length body (`body-empty`).
     Empty,
+    /// OpenAI's `insufficient_quota` error, sent with a 429 (`body-quota`).
+    Quota,
+    /// Azure OpenAI's `content_filter` error, sent with a 400 (`body-contentfilter`).
+    ContentFilter,
+    /// Anthropic's error shape for an overloaded model, sent with a 529
+    /// (`body-anthropic-overloaded`).
+    AnthropicOverloaded,
     /// An OpenAI-style error whose message quotes the request's API key, in the shape
     /// numbered N (`body-keyecho-N`, see [`KEY_ECHO_SHAPES`]): a provider that echoes
     /// the key Envoy injected.
@@ -44,6 +51,9 @@ impl CannedBody {
             "body-errorenvelope" => CannedBody::ErrorEnvelope,
             "body-ctxlen" => CannedBody::ContextLength,
             "body-empty" => CannedBody::Empty,
+            "body-quota" => CannedBody::Quota,
+            "body-contentfilter" => CannedBody::ContentFilter,
+            "body-anthropic-overloaded" => CannedBody::AnthropicOverloaded,
             _ => {
                 let shape = name.strip_prefix("body-keyecho-")?.parse().ok()?;
                 if shape >= KEY_ECHO_SHAPES {

@@ -449,11 +449,67 @@ fn is_main(lane: &Lane) -> bool {
     *lane == Lane::Main
 }
 
+/// Why a request on an acted-on path went on untouched, unprotected: a bounded set,
+/// so that it can be a stat's label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unprotected {
+    NotAnObject,
+    NotJson,
+    DuplicateModel,
+    NoModel,
+    ModelNotAString,
+    ModelNameTooLong,
+    NoChain,
+    Compressed,
+    Trailers,
+    TurnedOffByClient,
+    BodyUnreadable,
+    PlanNotStored,
+}
+
+impl Unprotected {
+    /// The stat label (`reason`).
+    pub fn tag(self) -> &'static str {
+        match self {
+            Unprotected::NotAnObject => "not_an_object",
+            Unprotected::NotJson => "not_json",
+            Unprotected::DuplicateModel => "duplicate_model",
+            Unprotected::NoModel => "no_model",
+            Unprotected::ModelNotAString => "model_not_a_string",
+            Unprotected::ModelNameTooLong => "model_name_too_long",
+            Unprotected::NoChain => "no_chain",
+            Unprotected::Compressed => "compressed",
+            Unprotected::Trailers => "trailers",
+            Unprotected::TurnedOffByClient => "client_off",
+            Unprotected::BodyUnreadable => "body_unreadable",
+            Unprotected::PlanNotStored => "plan_not_stored",
+        }
+    }
+
+    /// The access record's `passthrough_reason`.
+    pub fn message(self) -> &'static str {
+        match self {
+            Unprotected::NotAnObject => "body is not a JSON object",
+            Unprotected::NotJson => "body is not valid JSON",
+            Unprotected::DuplicateModel => "body has two top-level model fields",
+            Unprotected::NoModel => "body has no model",
+            Unprotected::ModelNotAString => "model is not a string",
+            Unprotected::ModelNameTooLong => "model name is longer than 256 bytes",
+            Unprotected::NoChain => "model has no fallback chain",
+            Unprotected::Compressed => "body is encoded (content-encoding)",
+            Unprotected::Trailers => "request has trailers",
+            Unprotected::TurnedOffByClient => "the client turned fallbacks off",
+            Unprotected::BodyUnreadable => "the buffered body could not be read",
+            Unprotected::PlanNotStored => "the plan could not be stored",
+        }
+    }
+}
+
 /// What the gateway does with a fully buffered request body.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BodyDecision {
-    /// Send it on untouched, with no retries added; the reason is for debug logs.
-    Passthrough(&'static str),
+    /// Send it on untouched, with no retries added.
+    Passthrough(Unprotected),
     /// Drive the router through the plan's fallbacks.
     Fallback(Box<Plan>, Vec<Skipped>),
 }
@@ -495,28 +551,26 @@ pub fn decide(
 ) -> BodyDecision {
     let top = match body::scan(body_bytes) {
         Ok(top) => top,
-        Err(ScanError::NotAnObject) => {
-            return BodyDecision::Passthrough("body is not a JSON object")
-        }
-        Err(ScanError::Malformed(_)) => return BodyDecision::Passthrough("body is not valid JSON"),
+        Err(ScanError::NotAnObject) => return BodyDecision::Passthrough(Unprotected::NotAnObject),
+        Err(ScanError::Malformed(_)) => return BodyDecision::Passthrough(Unprotected::NotJson),
         Err(ScanError::DuplicateModel) => {
-            return BodyDecision::Passthrough("body has two top-level model fields")
+            return BodyDecision::Passthrough(Unprotected::DuplicateModel)
         }
     };
     let Some(span) = top.model else {
-        return BodyDecision::Passthrough("body has no model");
+        return BodyDecision::Passthrough(Unprotected::NoModel);
     };
     let Some(requested) = body::model_name(body_bytes, span.clone()) else {
-        return BodyDecision::Passthrough("model is not a string");
+        return BodyDecision::Passthrough(Unprotected::ModelNotAString);
     };
     if requested.len() > MAX_MODEL_NAME_BYTES {
-        return BodyDecision::Passthrough("model name is longer than 256 bytes");
+        return BodyDecision::Passthrough(Unprotected::ModelNameTooLong);
     }
     let fallbacks = client_chain.unwrap_or_else(|| settings.chain_for(&requested));
     let context_chain = settings.context_chain_for(&requested);
     let content_chain = settings.content_chain_for(&requested);
     if fallbacks.is_empty() && context_chain.is_empty() && content_chain.is_empty() {
-        return BodyDecision::Passthrough("model has no fallback chain");
+        return BodyDecision::Passthrough(Unprotected::NoChain);
     }
     let requested_entry = ChainEntry {
         model: requested.clone(),
@@ -969,7 +1023,7 @@ mod tests {
         let too_long = "m".repeat(MAX_MODEL_NAME_BYTES + 1);
         assert!(matches!(
             decide_for(too_long),
-            BodyDecision::Passthrough("model name is longer than 256 bytes")
+            BodyDecision::Passthrough(Unprotected::ModelNameTooLong)
         ));
     }
 

@@ -207,6 +207,7 @@ async fn every_request_leaves_a_record_and_exact_stats() {
         (r#"ai_fallback_fallbacks_total{route="openai",model="fb_status-502"}"#, 1),
         (r#"ai_fallback_fallbacks_total{route="openai",model="ex_status-500"}"#, 1),
         (r#"ai_fallback_budget_exhausted_total{route="openai"}"#, 1),
+        (r#"ai_fallback_passthrough_total{route="openai",reason="no_chain"}"#, 1),
         (r#"ai_fallback_tokens_total{route="openai",model="ok-model",kind="input"}"#, 11),
         (r#"ai_fallback_tokens_total{route="openai",model="ok-model",kind="output"}"#, 7),
         (r#"ai_fallback_tokens_total{route="openai",model="fb-backup",kind="input"}"#, 11),
@@ -241,4 +242,51 @@ async fn every_request_leaves_a_record_and_exact_stats() {
     }
     // Five planned requests with 1 + 2 + 2 + 1 + 1 attempts, three of them answered.
     assert_eq!(histogram_counts(), (Some(5), Some(3), Some(7)));
+}
+
+/// Requests on an acted-on path that went on unprotected are counted by why, so
+/// that an operator sees what the filter silently did not protect.
+#[tokio::test]
+async fn unprotected_requests_are_counted_by_reason() {
+    let (envoy, _mock) = start_with_plugin(json!({"default_chain": ["backup"]}));
+    let send = |body: Vec<u8>, headers: Vec<(&'static str, &'static str)>| {
+        let url = envoy.url(CHAT);
+        async move {
+            let mut request = client()
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body);
+            for (name, value) in headers {
+                request = request.header(name, value);
+            }
+            request.send().await.unwrap().status().as_u16()
+        }
+    };
+    let chat = br#"{"model": "m", "messages": []}"#.to_vec();
+    send(br#"{"model": "m", "messages": ["#.to_vec(), vec![]).await;
+    send(b"[1, 2]".to_vec(), vec![]).await;
+    send(br#"{"messages": []}"#.to_vec(), vec![]).await;
+    send(chat.clone(), vec![("content-encoding", "br")]).await;
+    send(chat.clone(), vec![("x-ai-fallback", "off")]).await;
+    send(chat, vec![]).await;
+    let reasons: BTreeMap<String, u64> = filter_counters(&envoy)
+        .into_iter()
+        .filter(|(name, _)| name.starts_with("ai_fallback_passthrough_total"))
+        .collect();
+    let expected: BTreeMap<String, u64> = [
+        "not_json",
+        "not_an_object",
+        "no_model",
+        "compressed",
+        "client_off",
+    ]
+    .into_iter()
+    .map(|reason| {
+        (
+            format!(r#"ai_fallback_passthrough_total{{route="openai",reason="{reason}"}}"#),
+            1,
+        )
+    })
+    .collect();
+    assert_eq!(reasons, expected, "the planned request is not among them");
 }

@@ -14,8 +14,8 @@ use crate::cooldown::health_key;
 use crate::outcome::{outcome, provider_message, shaped_error, Outcome, ShapedError, Source};
 use crate::plan::{
     attempt_property, client_chain, client_turns_off, decide, AttemptRecord, BodyDecision,
-    ClientChain, Plan, RequestStart, Skipped, CLIENT_CHAIN_HEADER, DEADLINE_HEADER, PLAN_PROPERTY,
-    RETRY_HEADER, SWITCH_HEADER,
+    ClientChain, Plan, RequestStart, Skipped, Unprotected, CLIENT_CHAIN_HEADER, DEADLINE_HEADER,
+    PLAN_PROPERTY, RETRY_HEADER, SWITCH_HEADER,
 };
 use crate::reply;
 use log::{debug, warn};
@@ -43,7 +43,7 @@ pub struct Gateway {
     /// The failed final answer's body is being read before it is replaced.
     replacing_answer: bool,
     /// Why an acted-on request was let through untouched.
-    passthrough_reason: Option<&'static str>,
+    unprotected: Option<Unprotected>,
     /// The last bytes of the answer, where providers put `usage`.
     usage_tail: Vec<u8>,
     /// The access record and stats are written once.
@@ -76,7 +76,7 @@ impl Gateway {
             plan: None,
             finished: None,
             replacing_answer: false,
-            passthrough_reason: None,
+            unprotected: None,
             usage_tail: Vec::new(),
             recorded: false,
             skipped: Vec::new(),
@@ -116,6 +116,13 @@ impl Gateway {
         self.rule = self.prepared.config.select(&facts).0;
     }
 
+    /// Lets an acted-on request go on untouched; the record and a stat say why.
+    fn pass_through(&mut self, reason: Unprotected) -> Action {
+        debug!("#{} passthrough: {}", self.id, reason.message());
+        self.unprotected = Some(reason);
+        Action::Continue
+    }
+
     /// Ends the request with one of the filter's errors, in the request's API shape.
     fn send_error(&self, status: u32, openai_body: &str) -> Result<(), Status> {
         let body = self.api.error_body(status, openai_body);
@@ -143,11 +150,8 @@ impl Gateway {
             return Action::Continue;
         };
         let Some(body) = self.host.body(Body::Request, 0, body_size) else {
-            warn!(
-                "#{} cannot read the buffered body; passing it through",
-                self.id
-            );
-            return Action::Continue;
+            warn!("#{} cannot read the buffered body", self.id);
+            return self.pass_through(Unprotected::BodyUnreadable);
         };
         let cooldowns_on = self.settings().cooldown.failures > 0;
         let (host, known_models) = (self.host.as_ref(), &self.prepared.known_models);
@@ -182,11 +186,7 @@ impl Gateway {
             &mut usable,
         );
         let (plan, skipped) = match decision {
-            BodyDecision::Passthrough(reason) => {
-                debug!("#{} passthrough: {reason}", self.id);
-                self.passthrough_reason = Some(reason);
-                return Action::Continue;
-            }
+            BodyDecision::Passthrough(reason) => return self.pass_through(reason),
             BodyDecision::Fallback(plan, skipped) => (*plan, skipped),
         };
         // The plan goes first: retries without it would resend the same model.
@@ -194,11 +194,8 @@ impl Gateway {
             .host
             .set_property(PLAN_PROPERTY, plan.encode().as_bytes())
         {
-            warn!(
-                "#{} cannot store the plan ({status:?}); passing through",
-                self.id
-            );
-            return Action::Continue;
+            warn!("#{} cannot store the plan ({status:?})", self.id);
+            return self.pass_through(Unprotected::PlanNotStored);
         }
         // An answer the attempt role may have to read must not come compressed; the
         // client's own encoding is Envoy's compressor's business.
@@ -351,7 +348,7 @@ impl Gateway {
             stream: self.plan.as_ref().is_some_and(|plan| plan.stream),
             budget_ms: self.plan.as_ref().and_then(|plan| plan.budget_ms),
             elapsed_ms,
-            passthrough_reason: self.passthrough_reason,
+            passthrough_reason: self.unprotected.map(Unprotected::message),
             client_chain: client_chain_note.as_deref(),
             attempts: records.iter().map(AttemptView::from).collect(),
             skipped: self
@@ -414,6 +411,10 @@ impl Gateway {
             let stat = name("skipped_total", route, Some(&bounded(&skipped.key)), None);
             prepared.count(host, &stat, 1);
         }
+        if let Some(reason) = self.unprotected {
+            let tag = Some(("reason", reason.tag()));
+            prepared.count(host, &name("passthrough_total", route, None, tag), 1);
+        }
         if outcome == Outcome::BudgetExceeded {
             prepared.count(host, &name("budget_exhausted_total", route, None, None), 1);
         }
@@ -473,12 +474,6 @@ impl Gateway {
         if !settings.acts_on(&method, &path) {
             return Action::Continue;
         }
-        if let Some(encoding) = self.host.header(Map::Request, "content-encoding") {
-            if !encoding.eq_ignore_ascii_case(b"identity") {
-                debug!("#{} passthrough: the body is encoded", self.id);
-                return Action::Continue;
-            }
-        }
         let declared_len = self
             .host
             .header(Map::Request, "content-length")
@@ -488,19 +483,22 @@ impl Gateway {
         }
         self.api = Api::of_path(&path);
         self.path = path;
-        let started_ms = self.host.now_ms();
+        self.start = Some(RequestStart {
+            started_ms: self.host.now_ms(),
+            client_deadline_ms: None,
+        });
+        if let Some(encoding) = self.host.header(Map::Request, "content-encoding") {
+            if !encoding.eq_ignore_ascii_case(b"identity") {
+                return self.pass_through(Unprotected::Compressed);
+            }
+        }
         // The attempt role removes the client's headers before the request leaves.
         let turned_off = self
             .host
             .header(Map::Request, SWITCH_HEADER)
             .is_some_and(|value| client_turns_off(&value));
         if turned_off {
-            self.passthrough_reason = Some("the client turned fallbacks off");
-            self.start = Some(RequestStart {
-                started_ms,
-                client_deadline_ms: None,
-            });
-            return Action::Continue;
+            return self.pass_through(Unprotected::TurnedOffByClient);
         }
         self.client_chain = self
             .host
@@ -511,10 +509,9 @@ impl Gateway {
             .header(Map::Request, DEADLINE_HEADER)
             .and_then(|ms| parse_number::<u64>(&ms))
             .filter(|ms| *ms > 0);
-        self.start = Some(RequestStart {
-            started_ms,
-            client_deadline_ms,
-        });
+        if let Some(start) = &mut self.start {
+            start.client_deadline_ms = client_deadline_ms;
+        }
         // Hold the headers: the router reads its retry headers when it gets them, and
         // they depend on the model, which is in the body.
         self.buffering = true;
@@ -538,8 +535,8 @@ impl Gateway {
         if self.buffering {
             // Trailers on a JSON request are too rare to plan for; nothing is lost by
             // sending it on without fallbacks.
-            debug!("#{} passthrough: request has trailers", self.id);
             self.buffering = false;
+            return self.pass_through(Unprotected::Trailers);
         }
         Action::Continue
     }

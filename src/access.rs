@@ -14,6 +14,54 @@ pub const FINAL_MODEL_PROPERTY: &str = "ai_fallback.model";
 pub const ATTEMPTS_PROPERTY: &str = "ai_fallback.attempts";
 pub const OUTCOME_PROPERTY: &str = "ai_fallback.outcome";
 
+/// The most bytes of a flat filter-state value.
+pub const FLAT_VALUE_BYTES: usize = 256;
+
+/// A value for the flat filter-state names (`wasm.ai_fallback.model`), which text
+/// access-log formats print as they are: a model name a client sent may carry a
+/// newline that would start a forged log line. Written like the inside of a JSON
+/// string, so nothing is lost and nothing is ambiguous: control characters (C0, DEL,
+/// C1), the Unicode line and paragraph separators and the bidirectional controls
+/// become `\n`, `\r`, `\t` or `\uXXXX`, and `\` and `"` are escaped. At most
+/// [`FLAT_VALUE_BYTES`] bytes, cut between characters (never inside an escape),
+/// ending in `…` when cut.
+pub fn flat_value(text: &str) -> String {
+    const CUT: &str = "…";
+    let mut flat = String::with_capacity(text.len().min(FLAT_VALUE_BYTES));
+    // Where the last piece that leaves room for the marker ends.
+    let mut cut_at = 0;
+    for c in text.chars() {
+        match c {
+            '\n' => flat.push_str("\\n"),
+            '\r' => flat.push_str("\\r"),
+            '\t' => flat.push_str("\\t"),
+            '\\' => flat.push_str("\\\\"),
+            '"' => flat.push_str("\\\""),
+            c if must_escape(c) => flat.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => flat.push(c),
+        }
+        if flat.len() > FLAT_VALUE_BYTES {
+            flat.truncate(cut_at);
+            flat.push_str(CUT);
+            return flat;
+        }
+        if flat.len() + CUT.len() <= FLAT_VALUE_BYTES {
+            cut_at = flat.len();
+        }
+    }
+    flat
+}
+
+/// Characters a log line must not carry raw.
+fn must_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}'
+                | '\u{2066}'..='\u{2069}'
+        )
+}
+
 /// Token counts from an answer's `usage`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Usage {
@@ -313,5 +361,48 @@ mod tests {
         assert_eq!(value["outcome"], "fallback_ok");
         assert!(value.get("budget_ms").is_none());
         assert_eq!(value["skipped"][0]["reason"], "cooling_down: no_capacity");
+    }
+
+    #[test]
+    fn flat_values_carry_no_control_characters() {
+        assert_eq!(flat_value("gpt-4o"), "gpt-4o");
+        assert_eq!(flat_value(""), "");
+        assert_eq!(flat_value("héllo ✓"), "héllo ✓");
+        assert_eq!(flat_value("ok\nforged"), "ok\\nforged");
+        assert_eq!(flat_value("a\r\n\tb"), "a\\r\\n\\tb");
+        assert_eq!(flat_value("q\"x\\y"), "q\\\"x\\\\y");
+        assert_eq!(
+            flat_value("\u{0}\u{1b}[2K\u{7f}\u{85}\u{2028}\u{2029}\u{202e}\u{2066}"),
+            "\\u0000\\u001b[2K\\u007f\\u0085\\u2028\\u2029\\u202e\\u2066"
+        );
+        for text in ["a\u{b}\u{c}b", "\u{9f}", "x\u{200f}"] {
+            let flat = flat_value(text);
+            assert!(!flat.chars().any(must_escape), "{text:?} gave {flat:?}");
+        }
+    }
+
+    #[test]
+    fn flat_values_are_bounded_on_a_char_boundary() {
+        let exact = "a".repeat(FLAT_VALUE_BYTES);
+        assert_eq!(flat_value(&exact), exact, "a value that fits is kept whole");
+        let long = "a".repeat(FLAT_VALUE_BYTES + 1);
+        let flat = flat_value(&long);
+        assert_eq!(flat.len(), FLAT_VALUE_BYTES);
+        assert!(flat.ends_with('…'));
+        for text in [
+            "é".repeat(300),
+            "✓".repeat(300),
+            "\n".repeat(300),
+            format!("{}\n", "a".repeat(FLAT_VALUE_BYTES - 1)),
+            "a\u{1}".repeat(200),
+        ] {
+            let flat = flat_value(&text);
+            assert!(flat.len() <= FLAT_VALUE_BYTES, "{} bytes", flat.len());
+            assert!(flat.ends_with('…'), "{flat:?}");
+            // No escape is cut in half: the kept part reads back as a JSON string.
+            let kept = flat.trim_end_matches('…');
+            let decoded: String = serde_json::from_str(&format!("\"{kept}\"")).unwrap();
+            assert!(text.starts_with(&decoded), "{flat:?}");
+        }
     }
 }

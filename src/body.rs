@@ -269,11 +269,45 @@ fn find_any(body: &[u8], from: usize, needles: &[u8]) -> Option<usize> {
 fn is_scalar(literal: &[u8]) -> bool {
     match literal {
         b"true" | b"false" | b"null" => true,
-        [] => false,
-        number => number
-            .iter()
-            .all(|b| matches!(b, b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')),
+        number => is_json_number(number),
     }
+}
+
+/// RFC 8259's number: `-? (0 | [1-9][0-9]*) (.[0-9]+)? ([eE][+-]?[0-9]+)?`. Anything
+/// else (`+1`, `01`, `1.`, `.5`, `1e`, `NaN`) is not JSON, and a provider's parser
+/// may read it otherwise or not at all, so such a body is malformed.
+fn is_json_number(number: &[u8]) -> bool {
+    fn digits(rest: &[u8]) -> (usize, &[u8]) {
+        let count = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        (count, rest.get(count..).unwrap_or_default())
+    }
+    let rest = number.strip_prefix(b"-").unwrap_or(number);
+    let rest = match rest {
+        [b'0', rest @ ..] => rest,
+        [b'1'..=b'9', ..] => digits(rest).1,
+        _ => return false,
+    };
+    let rest = match rest.strip_prefix(b".") {
+        Some(fraction) => match digits(fraction) {
+            (0, _) => return false,
+            (_, rest) => rest,
+        },
+        None => rest,
+    };
+    let rest = match rest {
+        [b'e' | b'E', exponent @ ..] => {
+            let exponent = exponent
+                .strip_prefix(b"+")
+                .or_else(|| exponent.strip_prefix(b"-"))
+                .unwrap_or(exponent);
+            match digits(exponent) {
+                (0, _) => return false,
+                (_, rest) => rest,
+            }
+        }
+        rest => rest,
+    };
+    rest.is_empty()
 }
 
 #[cfg(test)]
@@ -361,6 +395,83 @@ mod tests {
                 matches!(scan(body.as_bytes()), Err(ScanError::Malformed(_))),
                 "{body}"
             );
+        }
+    }
+
+    #[test]
+    fn numbers_must_be_json_numbers() {
+        for number in [
+            "0",
+            "-0",
+            "7",
+            "-7",
+            "10",
+            "1.5",
+            "-0.25",
+            "0.0",
+            "1e5",
+            "1E5",
+            "1e+5",
+            "1e-5",
+            "-2.5E-3",
+            "10e05",
+            "123456789012345678901234567890",
+            "0e0",
+        ] {
+            let body = format!(r#"{{"n":{number},"model":"m"}}"#);
+            assert!(
+                serde_json::from_str::<serde_json::Value>(&body).is_ok(),
+                "{body}"
+            );
+            assert_eq!(model_of(&body).as_deref(), Some("m"), "{body}");
+            let last = format!(r#"{{"model":"m","n":{number}}}"#);
+            assert_eq!(model_of(&last).as_deref(), Some("m"), "{last}");
+        }
+        for number in [
+            "+1",
+            "1.2.3e",
+            "01",
+            "-01",
+            "00",
+            "1.",
+            ".5",
+            "-",
+            "1e",
+            "1e+",
+            "1E-",
+            "1.e5",
+            "-.5",
+            "--1",
+            "NaN",
+            "-NaN",
+            "Infinity",
+            "-Infinity",
+            "0x10",
+            "1E5.0",
+            "1e5e5",
+            "1-",
+            "1+1",
+            "0.5.",
+            "e5",
+            "-e5",
+            "TRUE",
+            "nul",
+            "truex",
+        ] {
+            for body in [
+                format!(r#"{{"n":{number},"model":"m"}}"#),
+                format!(r#"{{"model":"m","n":{number}}}"#),
+                format!(r#"{{"model":{number}}}"#),
+            ] {
+                assert!(
+                    serde_json::from_str::<serde_json::Value>(&body).is_err(),
+                    "{body}"
+                );
+                assert!(
+                    matches!(scan(body.as_bytes()), Err(ScanError::Malformed(_))),
+                    "{body}"
+                );
+            }
         }
     }
 

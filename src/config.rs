@@ -72,7 +72,7 @@ pub const MAX_INSPECT_MAX_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_MIN_ATTEMPT_MS: u64 = 100;
 
 /// Every settings field, for the error on an unknown one.
-const FIELDS: [&str; 29] = [
+const FIELDS: [&str; 30] = [
     "role",
     "rules",
     "chains",
@@ -101,6 +101,7 @@ const FIELDS: [&str; 29] = [
     "cooldown_failures",
     "cooldown_window_ms",
     "cooldown_ms",
+    "max_cooldown_ms",
     "providers",
 ];
 
@@ -350,6 +351,7 @@ impl Config {
             }
         }
         config.defaults.check_providers("")?;
+        config.defaults.check_cooldown("", fields)?;
         if let Some(rules) = fields.get("rules") {
             config.rules = parse_rules(rules, &config.defaults)?;
         }
@@ -486,6 +488,7 @@ impl Settings {
             }
             "cooldown_window_ms" => self.cooldown.window_ms = parse_millis(field, value)?,
             "cooldown_ms" => self.cooldown.duration_ms = parse_millis(field, value)?,
+            "max_cooldown_ms" => self.cooldown.max_ms = parse_millis(field, value)?,
             "providers" => self.providers = parse_providers(field, value)?,
             _ => {
                 return Err(error(
@@ -761,6 +764,36 @@ impl Settings {
     }
 }
 
+impl Settings {
+    /// `cooldown_ms` within `max_cooldown_ms`. The error names the one of the two
+    /// this block sets (`max_cooldown_ms` when it sets both), since the other may be
+    /// a default or inherited.
+    fn check_cooldown(&self, prefix: &str, fields: &Map<String, Value>) -> Result<(), ConfigError> {
+        let CooldownSettings {
+            duration_ms,
+            max_ms,
+            ..
+        } = self.cooldown;
+        if duration_ms <= max_ms {
+            return Ok(());
+        }
+        if fields.contains_key("max_cooldown_ms") {
+            Err(error(
+                format!("{prefix}max_cooldown_ms"),
+                format!("must be at least cooldown_ms ({duration_ms} ms)"),
+            ))
+        } else {
+            Err(error(
+                format!("{prefix}cooldown_ms"),
+                format!(
+                    "must be at most max_cooldown_ms ({max_ms} ms); raise max_cooldown_ms \
+                     for a longer cooldown"
+                ),
+            ))
+        }
+    }
+}
+
 fn check_model_name(field: &str, model: &str) -> Result<(), ConfigError> {
     if model.is_empty() {
         return Err(error(field, "model name must not be empty"));
@@ -836,6 +869,8 @@ fn parse_rules(value: &Value, defaults: &Settings) -> Result<Vec<Rule>, ConfigEr
             return Err(error(format!("{prefix}.name"), "is required"));
         }
         rule.settings.check_providers(&format!("{prefix}."))?;
+        rule.settings
+            .check_cooldown(&format!("{prefix}."), fields)?;
         if rules.iter().any(|other| other.name == rule.name) {
             return Err(error(
                 format!("{prefix}.name"),
@@ -974,6 +1009,21 @@ mod tests {
     }
 
     #[test]
+    fn max_cooldown_ms_defaults_to_five_minutes_and_is_inherited() {
+        let config = parse("{}").unwrap();
+        assert_eq!(config.defaults.cooldown.max_ms, 300_000);
+        let config = parse(
+            r#"{"cooldown_ms":500,"max_cooldown_ms":1500,
+               "rules":[{"name":"r"},{"name":"long","max_cooldown_ms":3600000,"cooldown_ms":600000}]}"#,
+        )
+        .unwrap();
+        assert_eq!(config.defaults.cooldown.max_ms, 1_500);
+        assert_eq!(config.rules[0].settings.cooldown.max_ms, 1_500);
+        assert_eq!(config.rules[1].settings.cooldown.max_ms, 3_600_000);
+        assert_eq!(config.rules[1].settings.cooldown.duration_ms, 600_000);
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let cases = [
             (r#"{"rolee":"gateway"}"#, "rolee"),
@@ -1011,6 +1061,19 @@ mod tests {
             (r#"{"cooldown_failures":33}"#, "cooldown_failures"),
             (r#"{"cooldown_window_ms":0}"#, "cooldown_window_ms"),
             (r#"{"cooldown_ms":true}"#, "cooldown_ms"),
+            (r#"{"max_cooldown_ms":0}"#, "max_cooldown_ms"),
+            (r#"{"max_cooldown_ms":"5m"}"#, "max_cooldown_ms"),
+            (r#"{"max_cooldown_ms":86400001}"#, "max_cooldown_ms"),
+            (r#"{"cooldown_ms":300001}"#, "cooldown_ms"),
+            (r#"{"max_cooldown_ms":1000}"#, "max_cooldown_ms"),
+            (
+                r#"{"cooldown_ms":2000,"max_cooldown_ms":1000}"#,
+                "max_cooldown_ms",
+            ),
+            (
+                r#"{"cooldown_ms":500,"max_cooldown_ms":1000,"rules":[{"name":"r","cooldown_ms":2000}]}"#,
+                "rules[0].cooldown_ms",
+            ),
             (r#"{"providers":[]}"#, "providers"),
             (r#"{"providers":{"a b":{}}}"#, "providers.a b"),
             (

@@ -18,7 +18,14 @@ pub struct CooldownSettings {
     pub window_ms: u64,
     /// `cooldown_ms`: how long a model is skipped (longer if its Retry-After says so).
     pub duration_ms: u64,
+    /// `max_cooldown_ms`: the longest any cooldown lasts, whatever a provider's
+    /// `Retry-After` says (`999999999` would be 31 years).
+    pub max_ms: u64,
 }
+
+/// 5 minutes: a provider that is really down for longer is probed that often, at the
+/// cost of one failed attempt.
+pub const DEFAULT_MAX_COOLDOWN_MS: u64 = 300_000;
 
 impl Default for CooldownSettings {
     fn default() -> Self {
@@ -26,6 +33,7 @@ impl Default for CooldownSettings {
             failures: 0,
             window_ms: 10_000,
             duration_ms: 30_000,
+            max_ms: DEFAULT_MAX_COOLDOWN_MS,
         }
     }
 }
@@ -116,7 +124,8 @@ impl ModelHealth {
         if now_ms < self.cooling_until {
             return Availability::Cooling;
         }
-        let probe_running = self.probe_since != 0 && now_ms < self.probe_since + PROBE_CLAIM_MS;
+        let probe_running =
+            self.probe_since != 0 && now_ms < self.probe_since.saturating_add(PROBE_CLAIM_MS);
         if probe_running {
             Availability::Cooling
         } else {
@@ -129,7 +138,8 @@ impl ModelHealth {
         self.probe_since = now_ms;
     }
 
-    /// A retryable failure at `now_ms`. Returns whether a cooldown started.
+    /// A retryable failure at `now_ms`; `retry_after_ms` is the provider's word, capped
+    /// like every cooldown by `max_ms`. Returns whether a cooldown started.
     pub fn record_failure(
         &mut self,
         settings: &CooldownSettings,
@@ -149,8 +159,11 @@ impl ModelHealth {
         self.failures.drain(..excess);
         // A failed probe starts a new cooldown at once; otherwise the threshold counts.
         if probing || self.failures.len() >= keep {
-            let duration = settings.duration_ms.max(retry_after_ms.unwrap_or(0));
-            self.cooling_until = now_ms + duration;
+            let duration = settings
+                .duration_ms
+                .max(retry_after_ms.unwrap_or(0))
+                .min(settings.max_ms);
+            self.cooling_until = now_ms.saturating_add(duration);
             self.probe_since = 0;
             self.failures.clear();
             self.reason = reason.to_string();
@@ -175,13 +188,15 @@ pub fn health_key(model: &str, provider: Option<&str>) -> String {
 }
 
 /// `Retry-After` as milliseconds: delay-seconds only (an HTTP date is rare from
-/// model providers and needs a clock parse this filter does without).
+/// model providers and needs a clock parse this filter does without). A number too
+/// large for a u64 saturates (the cooldown's cap applies to it like to any other).
 pub fn retry_after_ms(value: &str) -> Option<u64> {
-    value
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(|seconds| seconds.saturating_mul(1000))
+    let digits = value.trim();
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let seconds = digits.parse::<u64>().unwrap_or(u64::MAX);
+    Some(seconds.saturating_mul(1000))
 }
 
 #[cfg(test)]
@@ -192,6 +207,7 @@ mod tests {
         failures: 3,
         window_ms: 10_000,
         duration_ms: 5_000,
+        max_ms: DEFAULT_MAX_COOLDOWN_MS,
     };
 
     #[test]
@@ -253,6 +269,69 @@ mod tests {
         assert_eq!(health.cooling_until, 30_003);
         assert_eq!(health.reason, "rate_limited");
         assert_eq!(retry_after_ms("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+    }
+
+    #[test]
+    fn every_cooldown_is_capped_and_nothing_overflows() {
+        let mut health = ModelHealth::default();
+        for t in [1, 2] {
+            health.record_failure(&SETTINGS, t, None, "x");
+        }
+        // Retry-After: 999999999 (31 years) cools for max_cooldown_ms.
+        health.record_failure(&SETTINGS, 3, retry_after_ms("999999999"), "rate_limited");
+        assert_eq!(health.cooling_until, 3 + DEFAULT_MAX_COOLDOWN_MS);
+
+        let small_cap = CooldownSettings {
+            failures: 1,
+            max_ms: 1_500,
+            ..SETTINGS
+        };
+        for retry_after in [
+            "999999999",
+            "18446744073709551615",
+            "99999999999999999999999",
+        ] {
+            let mut health = ModelHealth::default();
+            let ms = retry_after_ms(retry_after);
+            assert!(ms >= Some(999_999_999_000), "{retry_after}");
+            assert!(health.record_failure(&small_cap, 10, ms, "rate_limited"));
+            assert_eq!(health.cooling_until, 1_510, "{retry_after}");
+        }
+        // cooldown_ms itself is capped too, and the clock's end saturates.
+        let long = CooldownSettings {
+            duration_ms: 10_000,
+            ..small_cap
+        };
+        let mut health = ModelHealth::default();
+        health.record_failure(&long, 10, None, "x");
+        assert_eq!(health.cooling_until, 1_510);
+        let mut health = ModelHealth::default();
+        health.record_failure(&small_cap, u64::MAX - 5, Some(u64::MAX), "x");
+        assert_eq!(health.cooling_until, u64::MAX);
+        let stray_probe = ModelHealth {
+            cooling_until: 1,
+            probe_since: u64::MAX,
+            ..ModelHealth::default()
+        };
+        assert_eq!(stray_probe.availability(2), Availability::Cooling);
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        assert_eq!(retry_after_ms("30"), Some(30_000));
+        assert_eq!(retry_after_ms("99999999999999999999999"), Some(u64::MAX));
+        assert_eq!(retry_after_ms(" 0 "), Some(0));
+        for bad in [
+            "",
+            " ",
+            "-1",
+            "+1",
+            "1.5",
+            "30s",
+            "Wed, 21 Oct 2015 07:28:00 GMT",
+        ] {
+            assert_eq!(retry_after_ms(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

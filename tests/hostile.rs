@@ -246,7 +246,8 @@ async fn a_model_name_with_control_characters_cannot_forge_an_access_log_line() 
             }}
         }
     }]);
-    let envoy = Envoy::start(&config);
+    // Envoy flushes access log files every 10 s by default.
+    let envoy = Envoy::try_start_with(&config, &["--file-flush-interval-msec", "100"]).unwrap();
     let hostile = [
         "ok\nmodel=forged-by-newline",
         "ok\r\nmodel=forged-by-crlf",
@@ -264,7 +265,6 @@ async fn a_model_name_with_control_characters_cannot_forge_an_access_log_line() 
         "each answered by its own model"
     );
 
-    // Envoy flushes its access log file within a second or so.
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut log = String::new();
     while Instant::now() < deadline {

@@ -365,7 +365,7 @@ impl Gateway {
             (RECORD_PROPERTY, record.to_json()),
             (
                 FINAL_MODEL_PROPERTY,
-                final_model.unwrap_or_default().to_string(),
+                access::flat_value(final_model.unwrap_or_default()),
             ),
             (ATTEMPTS_PROPERTY, records.len().to_string()),
             (OUTCOME_PROPERTY, outcome.name().to_string()),

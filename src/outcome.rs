@@ -129,7 +129,7 @@ pub fn shaped_error(
             },
             "upstream_error",
             "fallbacks_exhausted",
-            format!("All {} attempt(s) failed.", records.len()),
+            exhausted_headline(plan, records),
         ),
         _ => return None,
     };
@@ -182,6 +182,27 @@ pub fn shaped_error(
         status: u32::from(status),
         body: body.to_string(),
     })
+}
+
+/// What an exhausted request's error says first. When the last attempt's model had
+/// a next one, the router refused to retry: Envoy does not retry once a 1xx
+/// (`100 Continue`, `103 Early Hints`) went on to the client, nor past the
+/// cluster's retry circuit breaker; the error says so rather than "all failed".
+fn exhausted_headline(plan: &Plan, records: &[AttemptRecord]) -> String {
+    let cut_short = records
+        .last()
+        .and_then(|last| Some((last.step(), last.class()?)))
+        .is_some_and(|(step, class)| plan.has_next(step, class));
+    if cut_short {
+        format!(
+            "{} of {} model(s) tried: Envoy could not try the next one (a 1xx answer \
+             had already reached the client, or the cluster's retry limit was reached).",
+            records.len(),
+            plan.max_retries() + 1
+        )
+    } else {
+        format!("All {} attempt(s) failed.", records.len())
+    }
 }
 
 /// A short excerpt of a provider's error message from its answer's body: the

@@ -482,3 +482,28 @@ async fn a_last_failure_whose_body_stalls_gets_the_json_error_in_time() {
     assert_eq!(error["error"]["attempts"].as_array().unwrap().len(), 2);
     assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
 }
+
+/// Envoy does not retry once a 1xx (`103 Early Hints` here) went on to the client:
+/// the fallback cannot happen, and the error says so instead of "all failed".
+#[tokio::test]
+async fn a_1xx_before_a_failure_is_reported_as_a_fallback_envoy_could_not_make() {
+    let (port, seen) = raw_upstream(|model, _, _| match model {
+        "early" => {
+            let mut bytes =
+                b"HTTP/1.1 103 Early Hints\r\nlink: </style.css>; rel=preload\r\n\r\n".to_vec();
+            bytes.extend(bad_gateway());
+            bytes
+        }
+        other => json_ok(other),
+    });
+    let envoy = Envoy::start(&example_config(
+        port,
+        &json!({"chains": {"early": ["backup"]}}),
+    ));
+    let (status, body) = post(&envoy, &[], &chat_request("early")).await;
+    assert_eq!(status, 502, "{body}");
+    let error: Value = serde_json::from_str(&body).unwrap();
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.starts_with("1 of 2 model(s) tried"), "{message}");
+    assert_eq!(models(&seen), ["early"], "Envoy does not retry after a 1xx");
+}

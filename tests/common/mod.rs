@@ -7,6 +7,8 @@
 
 #![allow(dead_code)] // each test file uses its own part of the harness
 
+pub mod raw;
+
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -105,7 +105,7 @@ async fn post_with(
 }
 
 /// Envoy answers, and the filter still falls back: `a+status-502` is answered by `b`
-/// after two attempts. A crashed VM (FAIL_OPEN) would let it through with one.
+/// after two attempts. A crashed VM would answer 503, or with FAIL_OPEN let it through with one.
 async fn assert_still_serving(envoy: &Envoy, mock: &Mock) {
     mock.clear();
     let answer = post(envoy, chat_body("a+status-502")).await;

@@ -112,7 +112,7 @@ fn assert_refused_at_startup(config: &serde_json::Value, what: &str) {
 #[test]
 fn a_rejected_plugin_configuration_is_refused_whatever_the_failure_policy() {
     let mock = Mock::start();
-    // FAIL_OPEN is the example's (and the recommended) policy; it is about a VM that
+    // FAIL_RELOAD is the example's (and the recommended) policy; it is about a VM that
     // crashes while serving, not about one that never started.
     for policy in ["FAIL_OPEN", "FAIL_CLOSED", "FAIL_RELOAD"] {
         let mut config = example_config(mock.port(), &json!({"chains": {"a": []}}));

@@ -432,8 +432,9 @@ fn report(
         (end_heap as f64 - warm_heap as f64) / 1_048_576.0
     );
 
-    // Crashes: the process, and the wasm VMs (a crashed VM is replaced or, with
-    // FAIL_OPEN, its requests pass without fallbacks: both show here or above).
+    // Crashes: the process, and the wasm VMs (under FAIL_RELOAD a crashed VM is
+    // replaced, counted in wasm.<plugin>.vm_reload*, and its worker answers 503
+    // meanwhile: both show here or above).
     let vm_names = [
         "wasm.envoy.wasm.runtime.v8.created",
         "wasm.envoy.wasm.runtime.v8.active",

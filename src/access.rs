@@ -215,6 +215,14 @@ impl AccessRecord<'_> {
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }
+
+    /// The record as a serialized `google.protobuf.Struct`.
+    pub fn to_struct(&self) -> Vec<u8> {
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(fields)) => crate::proto::encode_struct(&fields),
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// A name segment for a stat: Envoy splits stat names on dots, and Prometheus

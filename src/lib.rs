@@ -12,6 +12,7 @@ pub mod config;
 pub mod cooldown;
 pub mod outcome;
 pub mod plan;
+pub mod proto;
 pub mod reply;
 
 #[cfg(any(target_arch = "wasm32", test))]

@@ -60,8 +60,13 @@ fn filter_counters(envoy: &Envoy) -> BTreeMap<String, u64> {
         .collect()
 }
 
+/// The access record, nested in the JSON log line: Envoy renders the typed filter
+/// state as `{"@type": "...google.protobuf.Struct", "value": {record}}`.
 fn record_of(line: &Value) -> Value {
-    serde_json::from_str(line["ai_fallback"].as_str().unwrap()).unwrap()
+    let typed = &line["ai_fallback"];
+    assert_eq!(typed["@type"], "type.googleapis.com/google.protobuf.Struct", "{line}");
+    assert!(typed["value"]["attempts"].is_array(), "{line}");
+    typed["value"].clone()
 }
 
 #[tokio::test]

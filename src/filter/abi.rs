@@ -14,6 +14,14 @@ extern "C" {
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
     fn proxy_set_effective_context(context_id: u32) -> u32;
     fn proxy_continue_stream(stream_type: u32) -> u32;
+    fn proxy_call_foreign_function(
+        function_name_data: *const u8,
+        function_name_size: usize,
+        arguments_data: *const u8,
+        arguments_size: usize,
+        results_data: *mut *mut u8,
+        results_size: *mut usize,
+    ) -> u32;
     fn proxy_get_log_level(return_level: *mut u32) -> u32;
     fn proxy_get_header_map_value(
         map_type: u32,
@@ -295,6 +303,23 @@ impl Host for Envoy {
 
     fn resume_response(&self) -> Result<(), Status> {
         status(unsafe { proxy_continue_stream(StreamType::HttpResponse as u32) })
+    }
+
+    fn call_foreign_function(&self, name: &str, arguments: &[u8]) -> Result<(), Status> {
+        let (mut data, mut size) = (null_mut(), 0usize);
+        let code = unsafe {
+            proxy_call_foreign_function(
+                name.as_ptr(),
+                name.len(),
+                arguments.as_ptr(),
+                arguments.len(),
+                &mut data,
+                &mut size,
+            )
+        };
+        // The result, if any, is freed here: no function called needs it.
+        drop(unsafe { owned(data, size) });
+        status(code)
     }
 
     fn shared_data(&self, key: &str) -> Result<Shared, Status> {

@@ -26,9 +26,10 @@ pub enum Call {
     SetTickPeriod,
     SetEffectiveContext,
     ResumeResponse,
+    ForeignFunction,
 }
 
-pub const ALL_CALLS: [Call; 17] = [
+pub const ALL_CALLS: [Call; 18] = [
     Call::Now,
     Call::LogLevel,
     Call::Header,
@@ -46,6 +47,7 @@ pub const ALL_CALLS: [Call; 17] = [
     Call::SetTickPeriod,
     Call::SetEffectiveContext,
     Call::ResumeResponse,
+    Call::ForeignFunction,
 ];
 
 #[derive(Default)]
@@ -67,6 +69,8 @@ pub struct State {
     pub effective_context: Option<u32>,
     /// Held answers let go, by the context that was effective.
     pub resumed: Vec<Option<u32>>,
+    /// Foreign functions called: name and arguments.
+    pub foreign_calls: Vec<(String, Vec<u8>)>,
     /// Kinds of call that fail (a getter returns nothing, a setter an error).
     pub failing: BTreeSet<Call>,
     /// Kinds of call made so far.
@@ -242,6 +246,13 @@ impl Host for FakeHost {
         let mut state = self.state.borrow_mut();
         let context = state.effective_context;
         state.resumed.push(context);
+        Ok(())
+    }
+
+    fn call_foreign_function(&self, name: &str, arguments: &[u8]) -> Result<(), Status> {
+        self.check(Call::ForeignFunction)?;
+        let call = (name.to_string(), arguments.to_vec());
+        self.state.borrow_mut().foreign_calls.push(call);
         Ok(())
     }
 

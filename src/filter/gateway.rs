@@ -361,17 +361,22 @@ impl Gateway {
                 .collect(),
             usage,
         };
+        let record = if self.prepared.typed_record {
+            record.to_struct()
+        } else {
+            record.to_json().into_bytes()
+        };
         let properties = [
-            (RECORD_PROPERTY, record.to_json()),
+            (RECORD_PROPERTY, record),
             (
                 FINAL_MODEL_PROPERTY,
-                access::flat_value(final_model.unwrap_or_default()),
+                access::flat_value(final_model.unwrap_or_default()).into_bytes(),
             ),
-            (ATTEMPTS_PROPERTY, records.len().to_string()),
-            (OUTCOME_PROPERTY, outcome.name().to_string()),
+            (ATTEMPTS_PROPERTY, records.len().to_string().into_bytes()),
+            (OUTCOME_PROPERTY, outcome.name().as_bytes().to_vec()),
         ];
         for (name, value) in properties {
-            if let Err(status) = self.host.set_property(name, value.as_bytes()) {
+            if let Err(status) = self.host.set_property(name, &value) {
                 warn!("#{} cannot write {name} ({status:?})", self.id);
             }
         }

@@ -59,6 +59,8 @@ pub trait Host {
     fn set_effective_context(&self, context_id: u32) -> Result<(), Status>;
     /// Lets a held answer go on.
     fn resume_response(&self) -> Result<(), Status>;
+    /// Calls one of Envoy's foreign functions.
+    fn call_foreign_function(&self, name: &str, arguments: &[u8]) -> Result<(), Status>;
     fn shared_data(&self, key: &str) -> Result<Shared, Status>;
     fn set_shared_data(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), Status>;
 }

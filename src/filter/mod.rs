@@ -14,8 +14,10 @@ mod host;
 #[cfg(test)]
 mod tests;
 
+use crate::access::RECORD_PROPERTY;
 use crate::config::{Config, Role};
 use crate::plan::RouterControl;
+use crate::proto;
 use host::{Body, Host};
 use log::{error, info, warn};
 use proxy_wasm::types::MetricType;
@@ -35,6 +37,9 @@ pub struct Prepared {
     metrics: RefCell<HashMap<String, u32>>,
     /// Holds of this root's streams that end at a time limit.
     pub deadlines: deadlines::Deadlines,
+    /// Envoy knows the access record as a `google.protobuf.Struct` (declared at
+    /// configure time), so it is written as one and JSON logs nest it.
+    pub typed_record: bool,
 }
 
 impl Prepared {
@@ -63,6 +68,7 @@ impl Prepared {
             known_models,
             metrics: RefCell::new(HashMap::new()),
             deadlines: deadlines::Deadlines::default(),
+            typed_record: false,
         }
     }
 
@@ -102,6 +108,19 @@ impl Prepared {
     }
 }
 
+/// Declares the access record's filter state a `google.protobuf.Struct`; `false`
+/// (logged) leaves it a JSON string.
+fn declare_typed_record(host: &dyn Host) -> bool {
+    let arguments = proto::declare_protobuf_property(RECORD_PROPERTY, proto::STRUCT_TYPE_URL);
+    match host.call_foreign_function("declare_property", &arguments) {
+        Ok(()) => true,
+        Err(status) => {
+            warn!("ai-fallback: the access record stays a JSON string ({status:?})");
+            false
+        }
+    }
+}
+
 /// Parses and prepares the plugin configuration; `None` (logged) refuses it.
 fn configure(host: &dyn Host, configuration_size: usize) -> Option<Prepared> {
     let Some(bytes) = host.body(Body::PluginConfiguration, 0, configuration_size) else {
@@ -120,7 +139,9 @@ fn configure(host: &dyn Host, configuration_size: usize) -> Option<Prepared> {
                 config.defaults.chains.len(),
                 config.rules.len(),
             );
-            Some(Prepared::new(config, role))
+            let mut prepared = Prepared::new(config, role);
+            prepared.typed_record = role == Role::Gateway && declare_typed_record(host);
+            Some(prepared)
         }
         Err(config_error) => {
             error!("ai-fallback: {config_error}; the plugin refuses to start");

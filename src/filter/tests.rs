@@ -505,7 +505,8 @@ fn every_failing_host_call_leaves_the_request_sound() {
     assert_eq!(run.models, ["a"], "sent on rather than held");
     let expected: std::collections::BTreeSet<Call> = ALL_CALLS
         .into_iter()
-        .filter(|call| *call != Call::LogLevel)
+        // The root context's own calls, tested with `configure`.
+        .filter(|call| !matches!(call, Call::LogLevel | Call::ForeignFunction))
         .collect();
     assert_eq!(made, expected, "every call the roles make was made to fail");
 }
@@ -554,12 +555,32 @@ fn the_configuration_is_read_through_the_host() {
     let host = FakeHost::default();
     host.state.borrow_mut().plugin_configuration = CONFIG.as_bytes().to_vec();
     let size = CONFIG.len();
-    assert_eq!(super::configure(&host, size).unwrap().role, Role::Gateway);
+    let gateway = super::configure(&host, size).unwrap();
+    assert_eq!(gateway.role, Role::Gateway);
+    assert!(gateway.typed_record, "the record is declared a Struct");
+    let declared = host.state.borrow().foreign_calls.clone();
+    assert_eq!(declared.len(), 1);
+    assert_eq!(declared[0].0, "declare_property");
+    host.state
+        .borrow_mut()
+        .failing
+        .insert(Call::ForeignFunction);
+    let untyped = super::configure(&host, size).unwrap();
+    assert!(
+        !untyped.typed_record,
+        "without the declaration, a JSON string"
+    );
+    host.state.borrow_mut().failing.clear();
     host.state
         .borrow_mut()
         .properties
         .insert("plugin_root_id".into(), b"ai_fallback_attempt".to_vec());
-    assert_eq!(super::configure(&host, size).unwrap().role, Role::Attempt);
+    let attempt = super::configure(&host, size).unwrap();
+    assert_eq!(attempt.role, Role::Attempt);
+    assert!(
+        !attempt.typed_record,
+        "the attempt role writes no access record"
+    );
     host.state.borrow_mut().plugin_configuration = b"{\"chains\": 5}".to_vec();
     assert!(
         super::configure(&host, 14).is_none(),

@@ -34,7 +34,8 @@ pub enum Class {
     Final,
 }
 
-const CLASSES: [Class; 10] = [
+/// Every class, in the order of their declaration.
+pub const CLASSES: [Class; 10] = [
     Class::Success,
     Class::FailureStatus,
     Class::RateLimited,

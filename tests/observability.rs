@@ -64,7 +64,10 @@ fn filter_counters(envoy: &Envoy) -> BTreeMap<String, u64> {
 /// state as `{"@type": "...google.protobuf.Struct", "value": {record}}`.
 fn record_of(line: &Value) -> Value {
     let typed = &line["ai_fallback"];
-    assert_eq!(typed["@type"], "type.googleapis.com/google.protobuf.Struct", "{line}");
+    assert_eq!(
+        typed["@type"], "type.googleapis.com/google.protobuf.Struct",
+        "{line}"
+    );
     assert!(typed["value"]["attempts"].is_array(), "{line}");
     typed["value"].clone()
 }

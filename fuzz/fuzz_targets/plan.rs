@@ -7,24 +7,12 @@
 //! writes, and every step stays inside the chain.
 #![no_main]
 
-use ai_fallback::classify::Class;
+use ai_fallback::classify::CLASSES;
 use ai_fallback::config::{Config, MAX_BODY_BYTES_LIMIT};
 use ai_fallback::plan::{decide, AttemptRecord, BodyDecision, Plan, RequestStart, Step};
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
 
-const CLASSES: [Class; 10] = [
-    Class::Success,
-    Class::FailureStatus,
-    Class::RateLimited,
-    Class::NoCapacity,
-    Class::ErrorEnvelope,
-    Class::StreamError,
-    Class::ContextLength,
-    Class::ContentPolicy,
-    Class::ProviderDenied,
-    Class::Final,
-];
 
 fn config() -> &'static Config {
     static CONFIG: OnceLock<Config> = OnceLock::new();

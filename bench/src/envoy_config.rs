@@ -9,6 +9,7 @@
 
 use serde_json::{json, Value};
 use std::path::Path;
+use testkit::config::{for_each_wasm_filter, load_yaml, set_cluster_port, set_wasm_file};
 
 /// The models of the bench: `MODEL` has a chain and is answered 200; `FAILING` has
 /// the same chain and the mock answers it 502, so each of its requests falls back once.
@@ -31,10 +32,7 @@ pub struct Paths<'a> {
 }
 
 pub fn build(paths: &Paths<'_>, mock_port: u16) -> Result<Value, String> {
-    let text = std::fs::read_to_string(paths.example)
-        .map_err(|e| format!("{}: {e}", paths.example.display()))?;
-    let example: Value =
-        serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", paths.example.display()))?;
+    let example = load_yaml(paths.example)?;
     let manager = example
         .pointer("/static_resources/listeners/0/filter_chains/0/filters/0/typed_config")
         .cloned()
@@ -65,26 +63,21 @@ pub fn build(paths: &Paths<'_>, mock_port: u16) -> Result<Value, String> {
         .and_then(|clusters| clusters.iter().find(|c| c["name"] == cluster_name.as_str()))
         .cloned()
         .ok_or("the example's route names a cluster it does not define")?;
-    for endpoints in array_mut(&mut cluster["load_assignment"]["endpoints"]) {
-        for endpoint in array_mut(&mut endpoints["lb_endpoints"]) {
-            endpoint["endpoint"]["address"]["socket_address"] =
-                json!({ "address": "127.0.0.1", "port_value": mock_port });
-        }
-    }
+    // The example's endpoint is on 127.0.0.1, as the mock is.
+    set_cluster_port(&mut cluster, mock_port);
 
     // The ai-fallback arm: the example's filters, this build's .wasm, the bench chains.
     let mut wasm_filters = Value::Array(example_filters.clone());
-    let wasm_path = paths.wasm.display().to_string();
+    set_wasm_file(&mut wasm_filters, paths.wasm);
     // The gateway's configuration is replaced; so is the attempt role's where the
     // example shares one configuration between both roles.
     let mut example_plugin_config = Value::Null;
-    for_each_wasm(&mut wasm_filters, &mut |config| {
+    for_each_wasm_filter(&mut wasm_filters, |config| {
         if config["root_id"] == "ai_fallback_gateway" {
             example_plugin_config = config["configuration"]["value"].clone();
         }
     });
-    for_each_wasm(&mut wasm_filters, &mut |config| {
-        config["vm_config"]["code"]["local"]["filename"] = json!(wasm_path);
+    for_each_wasm_filter(&mut wasm_filters, |config| {
         if config["root_id"] == "ai_fallback_gateway"
             || config["configuration"]["value"] == example_plugin_config
         {
@@ -196,23 +189,6 @@ fn lua(name: &str, source: &str) -> Value {
 
 fn array_mut(value: &mut Value) -> impl Iterator<Item = &mut Value> {
     value.as_array_mut().into_iter().flatten()
-}
-
-/// Calls `f` with the plugin `config` of every wasm filter in `filters`, including the
-/// router's upstream filters.
-fn for_each_wasm(filters: &mut Value, f: &mut dyn FnMut(&mut Value)) {
-    for filter in array_mut(filters) {
-        let typed = &mut filter["typed_config"];
-        if typed["@type"]
-            .as_str()
-            .is_some_and(|t| t.ends_with("filters.http.wasm.v3.Wasm"))
-        {
-            f(&mut typed["config"]);
-        }
-        if typed.get("upstream_http_filters").is_some() {
-            for_each_wasm(&mut typed["upstream_http_filters"], f);
-        }
-    }
 }
 
 /// The Lua equivalent of the gateway role, as a user would write it: buffer the body,

@@ -20,7 +20,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
-use system::{cpu_ticks, Envoy, Mock};
+use system::{cpu_ticks, Mock};
+use testkit::{process, Envoy, Launch};
 
 /// One arm: where the load goes and with which model.
 #[derive(Clone, Copy, Debug)]
@@ -243,9 +244,7 @@ BENCH_ENVOY_CPUS / BENCH_LOAD_CPUS choose the CPUs (taskset lists; default 0 and
 fn parse_args() -> Result<Args, String> {
     let env_quick = std::env::var("BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
     let mut args = Args {
-        envoy: std::env::var_os("ENVOY_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(".venv/bin/envoy")),
+        envoy: testkit::envoy_bin(),
         oha: PathBuf::from(".tools/bin/oha"),
         mock: PathBuf::from("target/release/mock-upstream"),
         wasm: PathBuf::from("target/wasm32-wasip1/release/ai_fallback.wasm"),
@@ -404,7 +403,7 @@ fn run(args: &Args) -> Result<(), String> {
         noop_wasm: &args.noop_wasm,
     };
     let config = envoy_config::build(&paths, mock.port)?;
-    let envoy = Envoy::start(
+    let envoy = start_envoy(
         &args.envoy,
         &config,
         &tmp.join("envoy"),
@@ -416,7 +415,7 @@ fn run(args: &Args) -> Result<(), String> {
     };
     let url = |arm: &Arm, envoy: &Envoy| -> Result<String, String> {
         let port = match arm.listener {
-            Some(listener) => envoy.port(listener)?,
+            Some(listener) => envoy.listener_port(listener)?,
             None => mock.port,
         };
         Ok(format!("http://127.0.0.1:{port}/v1/chat/completions"))
@@ -426,7 +425,7 @@ fn run(args: &Args) -> Result<(), String> {
     for arm in &ARMS {
         let body_bytes = chat_body(1024, arm.model, Position::First);
         let port = match arm.listener {
-            Some(listener) => envoy.port(listener)?,
+            Some(listener) => envoy.listener_port(listener)?,
             None => mock.port,
         };
         let (status, answer) = system::http(
@@ -532,15 +531,15 @@ fn run(args: &Args) -> Result<(), String> {
     let mut memory = Vec::new();
     for key in &settings.memory_arms {
         let Some(arm) = arm(key) else { continue };
-        let envoy = Envoy::start(
+        let envoy = start_envoy(
             &args.envoy,
             &config,
             &tmp.join(format!("envoy-{key}")),
             envoy_cpus.as_deref(),
         )?;
         std::thread::sleep(Duration::from_millis(500));
-        let before_rss = system::rss_kib(envoy.pid());
-        let before_allocated = allocated(&envoy);
+        let before_rss = process::rss_kib(envoy.pid());
+        let before_allocated = envoy.heap_allocated();
         let burst = oha.run(
             &url(arm, &envoy)?,
             body(1024 * 1024, Position::First, arm.model)?,
@@ -556,10 +555,10 @@ fn run(args: &Args) -> Result<(), String> {
             arm: key,
             requests: burst.expected,
             before_rss_kib: before_rss,
-            peak_rss_kib: system::peak_rss_kib(envoy.pid()),
-            after_rss_kib: system::rss_kib(envoy.pid()),
+            peak_rss_kib: process::peak_rss_kib(envoy.pid()),
+            after_rss_kib: process::rss_kib(envoy.pid()),
             before_allocated,
-            after_allocated: allocated(&envoy),
+            after_allocated: envoy.heap_allocated(),
         });
         eprintln!(
             "bench: memory after a burst of 1 MiB bodies on {key}: {:?}",
@@ -653,13 +652,21 @@ fn measure(
     Ok(sample)
 }
 
-fn allocated(envoy: &Envoy) -> u64 {
-    let memory = envoy.memory();
-    memory["allocated"]
-        .as_str()
-        .and_then(|v| v.parse().ok())
-        .or_else(|| memory["allocated"].as_u64())
-        .unwrap_or(0)
+/// Envoy as the bench runs it: one worker, a quiet log, on the bench's Envoy CPUs,
+/// its config and log kept in `dir`.
+fn start_envoy(
+    bin: &Path,
+    config: &serde_json::Value,
+    dir: &Path,
+    cpus: Option<&str>,
+) -> Result<Envoy, String> {
+    Launch::new(bin)
+        .concurrency(1)
+        .log_level("warning")
+        .pinned(cpus)
+        .dir(dir)
+        .ready_within(Duration::from_secs(60))
+        .start(config)
 }
 
 fn file_size(path: &Path) -> u64 {

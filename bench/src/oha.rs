@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::system::pinned;
+use testkit::process::pinned;
 
 /// How oha drives an arm.
 #[derive(Clone, Copy, Debug)]

@@ -18,20 +18,19 @@
 //!
 //! `soak [--requests N] [--concurrency C] [--seed S] [--workers W] [--warmup N] [--cooldowns]`
 
-mod envoy;
 mod expect;
 
-use envoy::{example_config, repo_root, Envoy};
 use expect::{classify_answer, predict, Expected, Got, Route, ROUTES};
 use futures_util::StreamExt;
 use mock_upstream::{Mock, SEED_HEADER};
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use testkit::process::rss_kib;
+use testkit::{Envoy, Launch};
 
 /// A request the client waited this long for is counted as hung.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -215,17 +214,23 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<bool, String> {
-    let repo = repo_root();
-    let wasm = repo.join("target/wasm32-wasip1/release/ai_fallback.wasm");
+    let wasm = testkit::built_wasm();
     if !wasm.exists() {
         return Err(format!("{} is missing: run `make build`", wasm.display()));
     }
-    let envoy_bin = std::env::var_os("ENVOY_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo.join(".venv/bin/envoy"));
     let mock = Mock::start();
-    let config = example_config(&repo, &wasm, mock.port(), &plugin_config(args.cooldowns))?;
-    let mut envoy = Envoy::start(&envoy_bin, &config, args.workers)?;
+    // The shipped example with its ports, the module's path and the plugin
+    // configuration changed, run with a quiet log.
+    let config = testkit::config::example_config(
+        &testkit::repo_root().join("envoy/envoy.yaml"),
+        &wasm,
+        mock.port(),
+        &plugin_config(args.cooldowns).to_string(),
+    )?;
+    let mut envoy = Launch::new(testkit::envoy_bin())
+        .concurrency(args.workers)
+        .log_level("warning")
+        .start(&config)?;
     let url = format!("http://127.0.0.1:{}/v1/chat/completions", envoy.port);
     println!(
         "soak: {} requests at concurrency {}, seed {}, Envoy with {} workers on port {}, per-attempt timeout {} ms{}",
@@ -245,7 +250,7 @@ async fn run(args: Args) -> Result<bool, String> {
     }
 
     let stats_before = envoy.stats();
-    let rss_start = envoy.rss_kib();
+    let rss_start = rss_kib(envoy.pid());
     let client = reqwest::Client::builder()
         .timeout(CLIENT_TIMEOUT)
         .pool_max_idle_per_host(args.concurrency)
@@ -299,12 +304,12 @@ async fn run(args: Args) -> Result<bool, String> {
         phase_start = end;
         // Let Envoy close what it was doing before measuring.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let (allocated, _) = envoy.heap();
-        memory_marks.push((end, envoy.rss_kib(), allocated));
+        let allocated = envoy.heap_allocated();
+        memory_marks.push((end, rss_kib(envoy.pid()), allocated));
         println!(
             "  {end:>7} requests  {:>6.1} s  Envoy RSS {:.1} MiB, heap allocated {:.1} MiB",
             started.elapsed().as_secs_f64(),
-            mib(envoy.rss_kib()),
+            mib(rss_kib(envoy.pid())),
             allocated as f64 / 1_048_576.0
         );
     }

@@ -1,10 +1,39 @@
-//! What ai-fallback's integration tests, benchmark and soak share to talk to Envoy's
-//! admin interface and to the mock: a minimal blocking HTTP/1.1 client, so that
-//! none of them needs an async runtime for it.
+//! What ai-fallback's integration tests, benchmark and soak share: one way to run
+//! Envoy ([`Launch`], [`Envoy`]), the edits they make to the shipped example config
+//! ([`config`]), what /proc says about a process ([`process`]), and a minimal
+//! blocking HTTP/1.1 client for Envoy's admin interface and the mock, so that none of
+//! them needs an async runtime for it.
+
+pub mod config;
+mod envoy;
+pub mod process;
+
+pub use envoy::{Envoy, Launch};
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// The repository root: the testkit crate's parent.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// `ENVOY_BIN`, or the binary `make setup` installs into the project's venv.
+pub fn envoy_bin() -> PathBuf {
+    std::env::var_os("ENVOY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".venv/bin/envoy"))
+}
+
+/// Where `make build` puts the filter.
+pub fn built_wasm() -> PathBuf {
+    repo_root().join("target/wasm32-wasip1/release/ai_fallback.wasm")
+}
 
 /// `GET path` on 127.0.0.1:`port`: (status, body).
 pub fn http_get(port: u16, path: &str) -> (u16, String) {

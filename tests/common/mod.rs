@@ -10,12 +10,11 @@
 pub mod raw;
 
 use serde_json::{json, Value};
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub use mock_upstream::Mock;
-use testkit::http_get;
 
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -23,13 +22,11 @@ pub fn repo_root() -> PathBuf {
 
 /// `ENVOY_BIN`, or the binary `make setup` installs into the project's venv.
 pub fn envoy_bin() -> PathBuf {
-    std::env::var_os("ENVOY_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join(".venv/bin/envoy"))
+    testkit::envoy_bin()
 }
 
 pub fn wasm_path() -> PathBuf {
-    let path = repo_root().join("target/wasm32-wasip1/release/ai_fallback.wasm");
+    let path = testkit::built_wasm();
     assert!(
         path.exists(),
         "{} is missing: run `make build` (or `make test`) first",
@@ -42,37 +39,22 @@ pub fn wasm_path() -> PathBuf {
 /// (the JSON both roles share) and its upstream pointed at `mock_port`. Listener and
 /// admin ports become 0: Envoy picks free ones and the harness asks which.
 pub fn example_config(mock_port: u16, plugin: &Value) -> Value {
-    let mut config = load_yaml(&repo_root().join("envoy/envoy.yaml"));
-    config["admin"]["address"]["socket_address"]["port_value"] = json!(0);
-    for listener in listeners(&mut config) {
-        listener["address"]["socket_address"]["port_value"] = json!(0);
-    }
-    for cluster in as_array(&mut config["static_resources"]["clusters"]) {
-        for endpoints in as_array(&mut cluster["load_assignment"]["endpoints"]) {
-            for endpoint in as_array(&mut endpoints["lb_endpoints"]) {
-                endpoint["endpoint"]["address"]["socket_address"]["port_value"] = json!(mock_port);
-            }
-        }
-    }
-    let wasm = wasm_path().display().to_string();
-    for_each_wasm_filter(&mut config, |plugin_config| {
-        plugin_config["vm_config"]["code"]["local"]["filename"] = json!(wasm);
-    });
-    set_plugin_config(&mut config, plugin);
-    config
+    testkit::config::example_config(
+        &repo_root().join("envoy/envoy.yaml"),
+        &wasm_path(),
+        mock_port,
+        &plugin.to_string(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 pub fn load_yaml(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    testkit::config::load_yaml(path).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Replaces the plugin configuration, which both roles share.
 pub fn set_plugin_config(config: &mut Value, plugin: &Value) {
-    let text = plugin.to_string();
-    for_each_wasm_filter(config, |plugin_config| {
-        plugin_config["configuration"]["value"] = json!(text);
-    });
+    testkit::config::set_plugin_configuration(config, &plugin.to_string());
 }
 
 /// The HTTP connection manager of the first listener.
@@ -81,65 +63,9 @@ pub fn connection_manager(config: &mut Value) -> &mut Value {
         ["typed_config"]
 }
 
-fn listeners(config: &mut Value) -> impl Iterator<Item = &mut Value> {
-    as_array(&mut config["static_resources"]["listeners"])
-}
-
-fn as_array(value: &mut Value) -> impl Iterator<Item = &mut Value> {
-    value.as_array_mut().into_iter().flatten()
-}
-
-/// Calls `f` with the `config` (PluginConfig) of every wasm filter, downstream and
-/// upstream, of every listener.
-fn for_each_wasm_filter(config: &mut Value, mut f: impl FnMut(&mut Value)) {
-    for listener in listeners(config) {
-        for chain in array_at(listener, "filter_chains") {
-            for filter in array_at(chain, "filters") {
-                let Some(manager) = filter.get_mut("typed_config") else {
-                    continue;
-                };
-                for http_filter in array_at(manager, "http_filters") {
-                    let Some(typed) = http_filter.get_mut("typed_config") else {
-                        continue;
-                    };
-                    if is_wasm(typed) {
-                        f(&mut typed["config"]);
-                    }
-                    for upstream in array_at(typed, "upstream_http_filters") {
-                        if is_wasm(&upstream["typed_config"]) {
-                            f(&mut upstream["typed_config"]["config"]);
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// The array under `key`, without creating the key as `IndexMut` would.
-fn array_at<'a>(value: &'a mut Value, key: &str) -> impl Iterator<Item = &'a mut Value> {
-    value
-        .get_mut(key)
-        .and_then(Value::as_array_mut)
-        .into_iter()
-        .flatten()
-}
-
-fn is_wasm(typed_config: &Value) -> bool {
-    typed_config["@type"]
-        .as_str()
-        .is_some_and(|t| t.ends_with("filters.http.wasm.v3.Wasm"))
-}
-
-/// A running Envoy. Dropping it stops Envoy; if the test is failing, Envoy's log is
-/// printed first.
-pub struct Envoy {
-    child: Child,
-    dir: tempfile::TempDir,
-    /// Port of the first listener.
-    pub port: u16,
-    pub admin_port: u16,
-}
+/// A running Envoy ([`testkit::Envoy`]: `port`, `admin_get`, `stat`, `log`, ...).
+/// Dropping it stops Envoy; if the test is failing, Envoy's log is printed first.
+pub struct Envoy(testkit::Envoy);
 
 impl Envoy {
     pub fn start(config: &Value) -> Envoy {
@@ -151,119 +77,34 @@ impl Envoy {
         Envoy::try_start_with(config, &[])
     }
 
+    /// One worker unless `extra_args` choose `--concurrency`, the wasm log at debug.
     pub fn try_start_with(config: &Value, extra_args: &[&str]) -> Result<Envoy, String> {
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let config_path = dir.path().join("envoy.json");
-        std::fs::write(&config_path, config.to_string()).map_err(|e| e.to_string())?;
-        let admin_path = dir.path().join("admin-address");
-        let log_path = dir.path().join("envoy.log");
-        let child = Command::new(envoy_bin())
+        let mut launch = testkit::Launch::new(envoy_bin())
             .current_dir(repo_root())
-            .arg("-c")
-            .arg(&config_path)
-            .arg("--disable-hot-restart")
-            .args(if extra_args.contains(&"--concurrency") {
-                &["--log-level", "info"][..]
-            } else {
-                &["--concurrency", "1", "--log-level", "info"][..]
-            })
-            .args(["--component-log-level", "wasm:debug"])
-            .arg("--admin-address-path")
-            .arg(&admin_path)
-            .arg("--log-path")
-            .arg(&log_path)
-            .args(extra_args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot run {}: {e}", envoy_bin().display()))?;
-        let mut envoy = Envoy {
-            child,
-            dir,
-            port: 0,
-            admin_port: 0,
-        };
-        match envoy.wait_ready() {
-            Ok(()) => Ok(envoy),
-            Err(why) => Err(format!("{why}\n{}", envoy.log())),
+            .log_level("info")
+            .component_log_level("wasm:debug")
+            .args(extra_args);
+        if !extra_args.contains(&"--concurrency") {
+            launch = launch.concurrency(1);
         }
-    }
-
-    fn wait_ready(&mut self) -> Result<(), String> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let admin_path = self.dir.path().join("admin-address");
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!("Envoy exited with {status}"));
-            }
-            if self.admin_port == 0 {
-                self.admin_port = std::fs::read_to_string(&admin_path)
-                    .ok()
-                    .and_then(|a| a.trim().rsplit(':').next()?.parse().ok())
-                    .unwrap_or(0);
-            }
-            if self.admin_port != 0 && self.admin_get("/ready").0 == 200 {
-                let listeners: Value =
-                    serde_json::from_str(&self.admin_get("/listeners?format=json").1)
-                        .map_err(|e| e.to_string())?;
-                self.port = listeners["listener_statuses"][0]["local_address"]["socket_address"]
-                    ["port_value"]
-                    .as_u64()
-                    .ok_or("no listener port")? as u16;
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Err("Envoy was not ready within 30 s".into())
-    }
-
-    /// Waits for Envoy to exit by itself (a config it refuses) and returns whether it
-    /// did, with its exit status.
-    pub fn exit_status(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
+        launch.start(config).map(Envoy)
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
+}
 
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
-    }
-
-    /// A GET on the admin interface: (status, body).
-    pub fn admin_get(&self, path: &str) -> (u16, String) {
-        http_get(self.admin_port, path)
-    }
-
-    /// The value of one counter or gauge from `/stats`, 0 when absent.
-    pub fn stat(&self, name: &str) -> u64 {
-        let (_, body) = self.admin_get(&format!("/stats?filter=^{name}$"));
-        body.lines()
-            .find_map(|line| line.strip_prefix(&format!("{name}: ")))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
+impl Deref for Envoy {
+    type Target = testkit::Envoy;
+    fn deref(&self) -> &testkit::Envoy {
+        &self.0
     }
 }
 
-impl Drop for Envoy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "----- Envoy log -----\n{}\n----- end of Envoy log -----",
-                self.log()
-            );
-        }
+impl DerefMut for Envoy {
+    fn deref_mut(&mut self) -> &mut testkit::Envoy {
+        &mut self.0
     }
 }
 

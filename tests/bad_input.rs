@@ -117,7 +117,11 @@ async fn assert_still_serving(envoy: &Envoy, mock: &Mock) {
     mock.clear();
     let stats = envoy.stats();
     for plugin in ["ai_fallback", "ai_fallback_attempt"] {
-        for counter in ["vm_reload_success", "vm_reload_failure", "vm_reload_backoff"] {
+        for counter in [
+            "vm_reload_success",
+            "vm_reload_failure",
+            "vm_reload_backoff",
+        ] {
             let name = format!("wasm.{plugin}.{counter}");
             assert_eq!(stats.get(&name), Some(&0), "{name}: a VM failed");
         }

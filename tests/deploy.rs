@@ -512,6 +512,23 @@ async fn the_istio_envoy_filter_runs_in_envoy() {
     assert_falls_back(&envoy, &mock).await;
 }
 
+/// An EnvoyPatchPolicy patch that adds one field to the object named `target` (by
+/// `jsonPath`) of the xDS resource `resource`: the field and its value.
+fn field_patch(patch: &Value, resource: &str, target: &str) -> (String, Value) {
+    assert_eq!(patch["name"], resource);
+    let operation = &patch["operation"];
+    assert!(
+        operation["jsonPath"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("'{target}'")),
+        "{operation}"
+    );
+    assert_eq!(operation["op"], "add");
+    let key = operation["path"].as_str().unwrap().trim_start_matches('/');
+    (key.to_string(), operation["value"].clone())
+}
+
 #[tokio::test]
 async fn the_envoy_gateway_policies_run_in_envoy() {
     let extension = manifest("envoy-gateway", "EnvoyExtensionPolicy");
@@ -573,21 +590,10 @@ async fn the_envoy_gateway_policies_run_in_envoy() {
     };
     // The listener patches set what the EnvoyExtensionPolicy cannot on the gateway
     // role's filter: the hold on the request headers, and a VM reloaded when it fails.
-    let mut gateway_role_patches = serde_json::Map::new();
-    for listener_patch in of_type("Listener") {
-        assert_eq!(listener_patch["name"], listener_name);
-        let operation = &listener_patch["operation"];
-        assert!(
-            operation["jsonPath"]
-                .as_str()
-                .unwrap()
-                .contains(&format!("'{wasm_filter_name}'")),
-            "{operation}"
-        );
-        assert_eq!(operation["op"], "add");
-        let key = operation["path"].as_str().unwrap().trim_start_matches('/');
-        gateway_role_patches.insert(key.to_string(), operation["value"].clone());
-    }
+    let gateway_role_patches: serde_json::Map<String, Value> = of_type("Listener")
+        .into_iter()
+        .map(|patch| field_patch(patch, &listener_name, &wasm_filter_name))
+        .collect();
     assert_eq!(
         gateway_role_patches["allow_on_headers_stop_iteration"],
         true
@@ -648,17 +654,8 @@ async fn the_envoy_gateway_policies_run_in_envoy() {
     }
     rendered.extend(gateway_role_patches);
     for patch in route_patches {
-        let operation = &patch["operation"];
-        assert_eq!(patch["name"], listener_name);
-        assert!(
-            operation["jsonPath"]
-                .as_str()
-                .unwrap()
-                .contains(&format!("'{vhost_name}'")),
-            "{operation}"
-        );
-        let key = operation["path"].as_str().unwrap().trim_start_matches('/');
-        manager["route_config"]["virtual_hosts"][0][key] = operation["value"].clone();
+        let (key, value) = field_patch(patch, &listener_name, &vhost_name);
+        manager["route_config"]["virtual_hosts"][0][key] = value;
     }
     config["static_resources"]["clusters"][0]["typed_extension_protocol_options"] = options;
 

@@ -105,7 +105,9 @@ async fn post_with(
 }
 
 /// Envoy answers, and the filter still falls back: `a+status-502` is answered by `b`
-/// after two attempts. A crashed VM would answer 503, or with FAIL_OPEN let it through with one.
+/// after two attempts. And no VM failed: under the example's FAIL_RELOAD a crashed VM
+/// answers its request 503 and is replaced on the next one, which would fall back
+/// again, so the reload counters (0 and present) are what tell.
 async fn assert_still_serving(envoy: &Envoy, mock: &Mock) {
     mock.clear();
     let answer = post(envoy, chat_body("a+status-502")).await;
@@ -113,6 +115,17 @@ async fn assert_still_serving(envoy: &Envoy, mock: &Mock) {
     assert_eq!(answer.json()["model"], "b");
     assert_eq!(models_seen(mock), ["a+status-502", "b"]);
     mock.clear();
+    let stats = envoy.stats();
+    for plugin in ["ai_fallback", "ai_fallback_attempt"] {
+        for counter in [
+            "vm_reload_success",
+            "vm_reload_failure",
+            "vm_reload_backoff",
+        ] {
+            let name = format!("wasm.{plugin}.{counter}");
+            assert_eq!(stats.get(&name), Some(&0), "{name}: a VM failed");
+        }
+    }
 }
 
 /// The gateway's JSON error for a chain whose every model got no answer (a reset,

@@ -55,6 +55,28 @@ fn every_shipped_envoy_config_validates() {
     }
 }
 
+/// A VM that fails at run time is replaced on its worker (FAIL_RELOAD), in every
+/// wasm filter of every shipped config, downstream and upstream: FAIL_OPEN would
+/// leave that worker without fallbacks for as long as Envoy runs.
+#[test]
+fn every_shipped_wasm_filter_reloads_a_failed_vm() {
+    for path in shipped_envoy_configs() {
+        let mut config = load_yaml(&path);
+        let mut policies = Vec::new();
+        testkit::config::for_each_wasm_filter(&mut config, |plugin| {
+            policies.push((plugin["name"].clone(), plugin["failure_policy"].clone()));
+        });
+        assert!(
+            policies.len() >= 2,
+            "{}: both roles are wasm filters",
+            path.display()
+        );
+        for (name, policy) in policies {
+            assert_eq!(policy, "FAIL_RELOAD", "{}: {name}", path.display());
+        }
+    }
+}
+
 #[test]
 fn a_rejected_plugin_configuration_stops_envoy_from_starting() {
     let mock = Mock::start();
@@ -123,7 +145,7 @@ fn a_rejected_plugin_configuration_is_refused_whatever_the_failure_policy() {
 }
 
 #[test]
-fn each_kind_of_rejected_value_stops_envoy_under_fail_open() {
+fn each_kind_of_rejected_value_stops_envoy_under_the_example_policy() {
     let mock = Mock::start();
     let plugin_texts = [
         "not json".to_string(),
@@ -140,16 +162,7 @@ fn each_kind_of_rejected_value_stops_envoy_under_fail_open() {
     for text in plugin_texts {
         let mut config = example_config(mock.port(), &json!({}));
         // The raw text, which need not be JSON, as both roles' configuration.
-        for index in [0, 1] {
-            let manager = connection_manager(&mut config);
-            let plugin = if index == 0 {
-                &mut manager["http_filters"][0]["typed_config"]["config"]
-            } else {
-                &mut manager["http_filters"][1]["typed_config"]["upstream_http_filters"][0]
-                    ["typed_config"]["config"]
-            };
-            plugin["configuration"]["value"] = json!(text);
-        }
+        testkit::config::set_plugin_configuration(&mut config, &text);
         assert_refused_at_startup(&config, &format!("plugin configuration {text}"));
     }
     assert!(mock.requests().is_empty());

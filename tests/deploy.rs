@@ -434,6 +434,7 @@ async fn the_istio_envoy_filter_runs_in_envoy() {
     assert_eq!(roles, ["ai_fallback_attempt", "ai_fallback_gateway"]);
     for typed in extensions.values() {
         assert_eq!(typed["config"]["allow_on_headers_stop_iteration"], true);
+        assert_eq!(typed["config"]["failure_policy"], "FAIL_RELOAD");
         assert_eq!(plugin_of(&typed["config"]), provider_example_plugin());
     }
 
@@ -511,6 +512,23 @@ async fn the_istio_envoy_filter_runs_in_envoy() {
     assert_falls_back(&envoy, &mock).await;
 }
 
+/// An EnvoyPatchPolicy patch that adds one field to the object named `target` (by
+/// `jsonPath`) of the xDS resource `resource`: the field and its value.
+fn field_patch(patch: &Value, resource: &str, target: &str) -> (String, Value) {
+    assert_eq!(patch["name"], resource);
+    let operation = &patch["operation"];
+    assert!(
+        operation["jsonPath"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("'{target}'")),
+        "{operation}"
+    );
+    assert_eq!(operation["op"], "add");
+    let key = operation["path"].as_str().unwrap().trim_start_matches('/');
+    (key.to_string(), operation["value"].clone())
+}
+
 #[tokio::test]
 async fn the_envoy_gateway_policies_run_in_envoy() {
     let extension = manifest("envoy-gateway", "EnvoyExtensionPolicy");
@@ -570,18 +588,20 @@ async fn the_envoy_gateway_policies_run_in_envoy() {
             .filter(|p| p["type"].as_str().unwrap().ends_with(suffix))
             .collect()
     };
-    let listener_patch = of_type("Listener")[0];
-    assert_eq!(listener_patch["name"], listener_name);
-    let operation = &listener_patch["operation"];
-    assert!(
-        operation["jsonPath"]
-            .as_str()
-            .unwrap()
-            .contains(&format!("'{wasm_filter_name}'")),
-        "{operation}"
+    // The listener patches set what the EnvoyExtensionPolicy cannot on the gateway
+    // role's filter: the hold on the request headers, and a VM reloaded when it fails.
+    let gateway_role_patches: serde_json::Map<String, Value> = of_type("Listener")
+        .into_iter()
+        .map(|patch| field_patch(patch, &listener_name, &wasm_filter_name))
+        .collect();
+    assert_eq!(
+        gateway_role_patches["allow_on_headers_stop_iteration"],
+        true
     );
-    assert_eq!(operation["path"], "/allow_on_headers_stop_iteration");
-    assert_eq!(operation["value"], true);
+    assert_eq!(gateway_role_patches["failure_policy"], "FAIL_RELOAD");
+    assert!(gateway_role_patches["reload_config"]["backoff"]["base_interval"].is_string());
+    // Envoy refuses fail_open (what failOpen: true renders) beside failure_policy.
+    assert_ne!(wasm["failOpen"], true);
 
     let cluster_patch = of_type("Cluster")[0];
     assert_eq!(cluster_patch["name"], cluster_name);
@@ -596,6 +616,7 @@ async fn the_envoy_gateway_policies_run_in_envoy() {
         .unwrap();
     let attempt = &mut upstream_filters[0]["typed_config"]["config"];
     assert_eq!(attempt["root_id"], "ai_fallback_attempt");
+    assert_eq!(attempt["failure_policy"], "FAIL_RELOAD");
     assert_eq!(plugin_of(attempt), provider_example_plugin());
     // The module the EnvoyProxy mounts.
     let mount = proxy["spec"]["provider"]["kubernetes"]["envoyDeployment"]["container"]
@@ -612,35 +633,29 @@ async fn the_envoy_gateway_policies_run_in_envoy() {
     assert_eq!(route_patches.len(), 2);
 
     // Applied to the example: the gateway role as Envoy Gateway renders the
-    // EnvoyExtensionPolicy (root id, configuration as JSON text, fail open) with the
-    // listener patch; the cluster and virtual host patches as they are.
+    // EnvoyExtensionPolicy (root id, configuration as JSON text, the legacy
+    // fail_open only when failOpen is true, as in its golden listeners) with the
+    // listener patches; the cluster and virtual host patches as they are.
     let mock = Mock::start();
     let mut config = bare_example(&mock);
     let manager = connection_manager(&mut config);
     let gateway_role = &mut manager["http_filters"][0]["typed_config"]["config"];
-    gateway_role["root_id"] = wasm["rootID"].clone();
-    gateway_role["failure_policy"] = json!(if wasm["failOpen"] == true {
-        "FAIL_OPEN"
-    } else {
-        "FAIL_CLOSED"
-    });
-    gateway_role
-        .as_object_mut()
-        .unwrap()
-        .remove("allow_on_headers_stop_iteration");
-    gateway_role["allow_on_headers_stop_iteration"] = operation["value"].clone();
+    let rendered = gateway_role.as_object_mut().unwrap();
+    for key in [
+        "allow_on_headers_stop_iteration",
+        "failure_policy",
+        "reload_config",
+    ] {
+        rendered.remove(key);
+    }
+    rendered.insert("root_id".into(), wasm["rootID"].clone());
+    if wasm["failOpen"] == true {
+        rendered.insert("fail_open".into(), json!(true));
+    }
+    rendered.extend(gateway_role_patches);
     for patch in route_patches {
-        let operation = &patch["operation"];
-        assert_eq!(patch["name"], listener_name);
-        assert!(
-            operation["jsonPath"]
-                .as_str()
-                .unwrap()
-                .contains(&format!("'{vhost_name}'")),
-            "{operation}"
-        );
-        let key = operation["path"].as_str().unwrap().trim_start_matches('/');
-        manager["route_config"]["virtual_hosts"][0][key] = operation["value"].clone();
+        let (key, value) = field_patch(patch, &listener_name, &vhost_name);
+        manager["route_config"]["virtual_hosts"][0][key] = value;
     }
     config["static_resources"]["clusters"][0]["typed_extension_protocol_options"] = options;
 

@@ -99,7 +99,8 @@ pub fn build(paths: &Paths<'_>, mock_port: u16) -> Result<Value, String> {
                 "config": {
                     "name": name,
                     "root_id": "noop",
-                    "failure_policy": "FAIL_OPEN",
+                    // The example's policy, so that the arms differ by filter only.
+                    "failure_policy": "FAIL_RELOAD",
                     "vm_config": {
                         "vm_id": "noop",
                         "runtime": "envoy.wasm.runtime.v8",

@@ -108,13 +108,16 @@ fn assert_every_worker_falls_back(envoy: &Envoy, seen: &Seen, case: &str) {
 }
 
 /// No wasm VM died: no panic in Envoy's log, and neither plugin's VM was reloaded
-/// (`wasm.<plugin>.vm_reload`, which `failure_policy: FAIL_RELOAD` counts).
+/// or refused a request while waiting to be (`failure_policy: FAIL_RELOAD` counts
+/// `wasm.<plugin>.vm_reload_success`, `_failure` and `_backoff`).
 fn assert_vms_alive(envoy: &Envoy, case: &str) {
     let log = envoy.log();
     assert!(!log.contains("panicked"), "{case}: a panic in Envoy's log");
     for plugin in ["ai_fallback", "ai_fallback_attempt"] {
-        let reloads = envoy.stat(&format!("wasm.{plugin}.vm_reload"));
-        assert_eq!(reloads, 0, "{case}: {plugin}'s VM was reloaded");
+        for event in ["success", "failure", "backoff"] {
+            let stat = format!("wasm.{plugin}.vm_reload_{event}");
+            assert_eq!(envoy.stat(&stat), 0, "{case}: {stat}");
+        }
     }
 }
 

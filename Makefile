@@ -10,7 +10,7 @@ WASM          := target/wasm32-wasip1/release/ai_fallback.wasm
 MOCK_BIN      := target/release/mock-upstream
 export ENVOY_BIN
 
-.PHONY: help setup build run test lint unit integration bench clean docker-images docker-test image validate-manifests
+.PHONY: help setup build run test lint unit integration rules prometheus-tools bench clean docker-images docker-test image validate-manifests
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -39,7 +39,7 @@ run: build ## start the demo: Envoy on 127.0.0.1:10000 in front of the mock on 1
 	echo "Envoy on http://127.0.0.1:10000 (admin http://127.0.0.1:9901); Ctrl-C stops both"; \
 	$(ENVOY_BIN) -c envoy/envoy.yaml --disable-hot-restart --log-level warning --component-log-level wasm:info
 
-test: build lint unit integration ## unit tests, lint, integration tests under real Envoy
+test: build lint unit rules integration ## unit tests, lint, Prometheus rules, integration tests under real Envoy
 
 lint: ## rustfmt and clippy (unwrap/expect/panic/indexing denied outside tests), host and wasm targets
 	cargo fmt --all --check
@@ -51,8 +51,26 @@ unit: ## unit tests of the pure logic, and the mock's and testkit's own tests
 	cargo test -p mock-upstream
 	cargo test -p testkit
 
-integration: build ## integration tests: the real Envoy, the fresh .wasm, the mock
+integration: build prometheus-tools ## integration tests: the real Envoy, the fresh .wasm, the mock, a real Prometheus
 	cargo test -p ai-fallback --test '*'
+
+rules: prometheus-tools ## check the Prometheus rules in deploy/prometheus and run their unit tests (promtool)
+	promtool check rules deploy/prometheus/*.rules.yaml
+	promtool test rules deploy/prometheus/tests/*.yaml
+
+# promtool and prometheus (tests/prometheus.rs runs a real one) from Debian's
+# `prometheus` package, as root or with sudo. Its service is never started: a
+# policy-rc.d that refuses is in place during the install when the machine has none.
+prometheus-tools:
+	@if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then \
+	  sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  guard=; if [ ! -e /usr/sbin/policy-rc.d ]; then guard=1; \
+	    printf '#!/bin/sh\nexit 101\n' | $$sudo tee /usr/sbin/policy-rc.d >/dev/null; \
+	    $$sudo chmod 755 /usr/sbin/policy-rc.d; fi; \
+	  $$sudo apt-get update -q && \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus; \
+	  status=$$?; [ -z "$$guard" ] || $$sudo rm -f /usr/sbin/policy-rc.d; exit $$status; \
+	fi
 
 OHA_VERSION := 1.16.0
 OHA         := .tools/bin/oha

@@ -398,7 +398,7 @@ mod tests {
             rule: 0,
             started_ms: 1000,
             budget_ms,
-            rewrite_first: false,
+            requested_index: 0,
             chain_providers: vec![None, None],
             context_providers: vec![],
             content_chain: vec![],

@@ -109,7 +109,8 @@ pub struct Plan {
     pub model_span: Range<usize>,
     /// The request asked for a streamed answer.
     pub stream: bool,
-    /// The chain's models; the first is the requested model.
+    /// The chain's models: the requested model at `requested_index`, the others in
+    /// the order they are tried.
     pub chain: Vec<String>,
     /// The larger-context models, tried after a context-length answer.
     pub context_chain: Vec<String>,
@@ -121,9 +122,9 @@ pub struct Plan {
     pub started_ms: u64,
     /// The time budget after the client's deadline header, if any.
     pub budget_ms: Option<u64>,
-    /// The first attempt sends another model than the client asked for (the
-    /// requested one is cooling down).
-    pub rewrite_first: bool,
+    /// Where the requested model is in `chain`: 0, unless it is cooling down and
+    /// went to the end, when the first attempt sends another model.
+    pub requested_index: usize,
     /// The provider of each chain entry (`None`: the route's cluster decides).
     pub chain_providers: Vec<Option<String>>,
     /// The provider of each context chain entry.
@@ -181,7 +182,7 @@ impl Plan {
             self.rule,
             self.started_ms,
             self.budget_ms.unwrap_or(0),
-            self.rewrite_first as u8,
+            self.requested_index,
             self.path.as_deref().unwrap_or("-"),
         );
         let models = self.chain.iter().chain(&self.context_chain);
@@ -217,19 +218,21 @@ impl Plan {
             number()?,
         );
         let (started_ms, budget_ms) = (number()?, number()?);
-        let rewrite_first = number()? == 1;
+        let requested_index = number()?;
         let path = head.next().filter(|p| *p != "-").map(str::to_string);
         let size = |n: u64| usize::try_from(n).ok();
-        let (body_len, start, end, chain_len, context_len, rule) = (
+        let (body_len, start, end, chain_len, context_len, rule, requested_index) = (
             size(body_len)?,
             size(start)?,
             size(end)?,
             size(chain_len)?,
             size(context_len)?,
             size(rule)?,
+            size(requested_index)?,
         );
         let too_long = body_len > crate::config::MAX_BODY_BYTES_LIMIT;
-        if start >= end || end > body_len || chain_len == 0 || too_long {
+        let requested_outside = requested_index >= chain_len;
+        if start >= end || end > body_len || chain_len == 0 || too_long || requested_outside {
             return None;
         }
         let entries = lines
@@ -261,7 +264,7 @@ impl Plan {
             rule,
             started_ms,
             budget_ms: (budget_ms != 0).then_some(budget_ms),
-            rewrite_first,
+            requested_index,
             chain_providers,
             context_providers,
             content_providers,
@@ -329,7 +332,15 @@ impl Plan {
     /// Whether a step's body needs its model rewritten: every step but a first one
     /// that sends the body as the client wrote it.
     pub fn rewrites(&self, step: Step) -> bool {
-        step != Step::FIRST || self.rewrite_first
+        step != Step::FIRST || self.requested_index != 0
+    }
+
+    /// The model the client asked for.
+    pub fn requested_model(&self) -> &str {
+        self.chain
+            .get(self.requested_index)
+            .or_else(|| self.chain.first())
+            .map_or("", String::as_str)
     }
 
     /// The step after one whose answer was `class`. When the chain is used up (the
@@ -627,7 +638,10 @@ pub fn decide(
         body_len: body_bytes.len(),
         model_span: span,
         stream: top.stream,
-        rewrite_first: chosen.first().is_some_and(|first| first.model != requested),
+        requested_index: chosen
+            .iter()
+            .position(|entry| std::ptr::eq(*entry, &requested_entry))
+            .unwrap_or(0),
         chain,
         context_chain,
         content_chain,
@@ -821,7 +835,8 @@ mod tests {
                 reason: "failure_status".into()
             }]
         );
-        assert!(plan.rewrite_first);
+        assert_eq!(plan.requested_index, 2);
+        assert_eq!(plan.requested_model(), "a");
         assert!(plan.rewrites(Step::FIRST));
         assert_eq!(plan.model(Step::FIRST), "b");
         assert_eq!(Plan::decode(plan.encode().as_bytes()), Some(plan));
@@ -829,7 +844,7 @@ mod tests {
         let (plan, skipped) = decide_with(&settings(), START, body, &mut all_cooling);
         assert_eq!(plan.chain, ["a", "b", "c"], "all cooling: all tried");
         assert_eq!(skipped, [], "none was left out");
-        assert!(!plan.rewrite_first);
+        assert_eq!(plan.requested_index, 0);
     }
 
     #[test]
@@ -902,7 +917,7 @@ mod tests {
     }
 
     /// A plan's encoding as the gateway writes it: `v6`, body length, model span,
-    /// stream, chain and context chain lengths, rule, start, budget, rewrite_first,
+    /// stream, chain and context chain lengths, rule, start, budget, requested index,
     /// path; then the models of the chain, the context chain, the content chain.
     const VALID: &str = "v6 20 9 12 0 1 1 0 0 0 0 -\n\"a\"\n\"big\"\n\"safe\"";
 
@@ -933,6 +948,10 @@ mod tests {
                 "fewer than the context chain length",
             ),
             ("v6 20 9 12 0 1 0 0 0 0 0 -", "no models at all"),
+            (
+                "v6 20 9 12 0 1 0 0 0 0 1 -\n\"a\"",
+                "the requested model outside the chain",
+            ),
             (
                 "v6 20 9 12 0 1 0 0 0 0 0 -\na",
                 "a model that is not a JSON string",

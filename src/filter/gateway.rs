@@ -326,11 +326,7 @@ impl Gateway {
         if records.iter().any(|record| record.truncated) {
             outcome = Outcome::Truncated;
         }
-        let requested = self
-            .plan
-            .as_ref()
-            .and_then(|plan| plan.chain.first())
-            .map(String::as_str);
+        let requested = self.plan.as_ref().map(Plan::requested_model);
         let final_model = records.last().map(|record| record.model.as_str());
         let usage = find_usage(&self.usage_tail).unwrap_or_default();
         let client_chain_note = self.client_chain.as_ref().map(|chain| match chain {

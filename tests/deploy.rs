@@ -1,8 +1,12 @@
 //! What the README's "Deploy" section ships, checked without a cluster: every YAML
 //! file parses; the Docker harness's Envoy config is the example's but for what a
-//! container network needs; the provider TLS example keeps its key out of the config
-//! and the logs. (Each Envoy config is also run through `envoy --mode validate` by
-//! tests/configs.rs; `make docker-test` runs the Docker stack for real.)
+//! container network needs; every Kubernetes object under deploy/ passes the real
+//! CRDs of the minimum and the latest supported releases (deploy/check/crd_validate.py,
+//! CEL rules included), and mistakes a cluster would refuse are refused; the minimum
+//! versions are stated where they are needed. (Each Envoy config is also run through
+//! `envoy --mode validate` by tests/configs.rs; the Istio and Envoy Gateway manifests
+//! run in Envoy in tests/deploy_istio.rs and tests/deploy_envoy_gateway.rs; `make
+//! docker-test` runs the Docker stack for real.)
 
 // Test code: a failed unwrap is a failed test, as clippy.toml allows in #[test] fns.
 #![allow(
@@ -17,6 +21,7 @@ mod common;
 use common::*;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 /// Every `.yaml`/`.yml` file of the project, outside build outputs and tool dirs.
@@ -132,533 +137,373 @@ fn the_docker_config_is_the_example_but_for_addresses_and_chains() {
 }
 
 // ---------------------------------------------------------------------------------
-// Kubernetes manifests (deploy/istio, deploy/envoy-gateway)
+// Kubernetes manifests (deploy/istio, deploy/envoy-gateway) against the real CRDs
 
-/// The validator `make setup` installs into the venv (PyPI `check-jsonschema`).
-fn check_jsonschema() -> PathBuf {
-    let path = repo_root().join(".venv/bin/check-jsonschema");
-    assert!(
-        path.exists(),
-        "{} is missing: run `make setup` (or `make test`)",
-        path.display()
-    );
+/// The published CRDs the validator reads (never copied into the repository).
+fn deploy_refs() -> PathBuf {
+    let path = repo_root().join("../shared/deploy-refs");
+    assert!(path.is_dir(), "{} is missing", path.display());
     path
 }
 
-/// Every Kubernetes object under deploy/: (file, object).
-fn kubernetes_manifests() -> Vec<(PathBuf, Value)> {
+/// deploy/check/crd_validate.py on `files`, with the venv's Python (cel-python and
+/// jsonschema's dependencies, installed by `make setup`): (passed, report).
+fn crd_validate(files: &[PathBuf]) -> (bool, Value) {
+    let python = repo_root().join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run `make setup` (or `make test`)",
+        python.display()
+    );
+    let output = std::process::Command::new(python)
+        .arg(repo_root().join("deploy/check/crd_validate.py"))
+        .arg(deploy_refs())
+        .args(files)
+        .output()
+        .expect("run crd_validate.py");
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "crd_validate.py: {e}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    (output.status.success(), report)
+}
+
+fn deploy_files() -> Vec<PathBuf> {
     shipped_yaml_files()
         .into_iter()
         .filter(|path| path.starts_with(repo_root().join("deploy")))
-        .flat_map(|path| {
-            yaml_documents(&path)
-                .into_iter()
-                .map(move |document| (path.clone(), document))
-        })
-        .filter(|(_, document)| document.get("apiVersion").is_some())
         .collect()
 }
 
-/// The vendored schema of an object's kind: tests/data/crd-schemas/<group>_<version>_<Kind>.json.
-fn schema_of(document: &Value) -> PathBuf {
-    let api_version = document["apiVersion"].as_str().unwrap();
-    let (group, version) = api_version.split_once('/').unwrap_or(("core", api_version));
-    let kind = document["kind"].as_str().unwrap();
-    repo_root().join(format!(
-        "tests/data/crd-schemas/{group}_{version}_{kind}.json"
-    ))
-}
-
-/// Runs check-jsonschema on `documents` (written as JSON files), grouped by schema;
-/// returns the failures' output.
-fn validate(documents: &[(String, Value)]) -> Result<(), String> {
-    let dir = tempfile::tempdir().unwrap();
-    let mut by_schema: std::collections::BTreeMap<PathBuf, Vec<PathBuf>> = Default::default();
-    for (index, (name, document)) in documents.iter().enumerate() {
-        let schema = schema_of(document);
-        assert!(
-            schema.exists(),
-            "{name}: no vendored schema {}",
-            schema.display()
-        );
-        let file = dir
-            .path()
-            .join(format!("{index}-{}.json", name.replace('/', "_")));
-        std::fs::write(&file, document.to_string()).unwrap();
-        by_schema.entry(schema).or_default().push(file);
-    }
-    let mut failures = String::new();
-    for (schema, files) in by_schema {
-        let output = std::process::Command::new(check_jsonschema())
-            .arg("--schemafile")
-            .arg(&schema)
-            .args(&files)
-            .output()
-            .expect("run check-jsonschema");
-        if !output.status.success() {
-            failures.push_str(&format!(
-                "{}:\n{}{}\n",
-                schema.display(),
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            ));
+/// Every object's errors, one line each.
+fn errors(report: &Value) -> Vec<String> {
+    let mut lines = Vec::new();
+    for object in report.as_array().unwrap() {
+        if let Some(error) = object.get("error") {
+            lines.push(format!("{}: {error}", object["object"]));
+        }
+        for release in object["releases"].as_array().unwrap() {
+            for error in release["errors"].as_array().unwrap() {
+                lines.push(format!(
+                    "{} ({}): {}",
+                    object["object"],
+                    release["release"],
+                    error.as_str().unwrap()
+                ));
+            }
         }
     }
-    if failures.is_empty() {
-        Ok(())
-    } else {
-        Err(failures)
-    }
-}
-
-fn named(manifests: &[(PathBuf, Value)]) -> Vec<(String, Value)> {
-    manifests
-        .iter()
-        .map(|(path, document)| {
-            let file = path.strip_prefix(repo_root()).unwrap().display();
-            (
-                format!(
-                    "{file}#{}/{}",
-                    document["kind"].as_str().unwrap(),
-                    document["metadata"]["name"].as_str().unwrap()
-                ),
-                document.clone(),
-            )
-        })
-        .collect()
+    lines
 }
 
 #[test]
-fn kubernetes_manifests_match_their_crd_schemas() {
-    let manifests = kubernetes_manifests();
-    let kinds: std::collections::BTreeSet<String> = manifests
+fn every_manifest_passes_the_real_crds_at_the_minimum_and_latest_releases() {
+    let (passed, report) = crd_validate(&deploy_files());
+    assert!(passed, "{}", errors(&report).join("\n"));
+    let checked: BTreeSet<String> = report
+        .as_array()
+        .unwrap()
         .iter()
-        .map(|(_, d)| {
-            format!(
-                "{}/{}",
-                d["apiVersion"].as_str().unwrap(),
-                d["kind"].as_str().unwrap()
-            )
+        .flat_map(|object| {
+            let kind = format!(
+                "{} {}",
+                object["apiVersion"].as_str().unwrap(),
+                object["kind"].as_str().unwrap()
+            );
+            object["releases"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(move |r| format!("{kind} @ {}", r["release"].as_str().unwrap()))
+                .collect::<Vec<_>>()
         })
         .collect();
-    for expected in [
-        "networking.istio.io/v1alpha3/EnvoyFilter",
-        "networking.istio.io/v1/ServiceEntry",
-        "networking.istio.io/v1/DestinationRule",
-        "gateway.envoyproxy.io/v1alpha1/EnvoyExtensionPolicy",
-        "gateway.envoyproxy.io/v1alpha1/EnvoyPatchPolicy",
-        "gateway.envoyproxy.io/v1alpha1/Backend",
-        "gateway.networking.k8s.io/v1alpha3/BackendTLSPolicy",
-    ] {
-        assert!(
-            kinds.contains(expected),
-            "no {expected} under deploy/: {kinds:?}"
-        );
+    let mut expected = BTreeSet::new();
+    for release in ["Istio 1.28.0", "Istio 1.30.3"] {
+        for kind in [
+            "networking.istio.io/v1alpha3 EnvoyFilter",
+            "networking.istio.io/v1 Gateway",
+            "networking.istio.io/v1 VirtualService",
+            "networking.istio.io/v1 ServiceEntry",
+            "networking.istio.io/v1 DestinationRule",
+        ] {
+            expected.insert(format!("{kind} @ {release}"));
+        }
     }
-    if let Err(failures) = validate(&named(&manifests)) {
-        panic!("manifests that do not match their schema:\n{failures}");
+    for release in ["Envoy Gateway 1.6.0", "Envoy Gateway 1.9.0"] {
+        for kind in [
+            "EnvoyExtensionPolicy",
+            "EnvoyPatchPolicy",
+            "Backend",
+            "BackendTrafficPolicy",
+        ] {
+            expected.insert(format!("gateway.envoyproxy.io/v1alpha1 {kind} @ {release}"));
+        }
+    }
+    for kind in ["GatewayClass", "Gateway", "HTTPRoute", "BackendTLSPolicy"] {
+        expected.insert(format!(
+            "gateway.networking.k8s.io/v1 {kind} @ Gateway API 1.6.1"
+        ));
+    }
+    assert_eq!(checked, expected);
+    for object in report.as_array().unwrap() {
+        for release in object["releases"].as_array().unwrap() {
+            if object["apiVersion"]
+                .as_str()
+                .unwrap()
+                .starts_with("gateway.networking.k8s.io/")
+            {
+                assert!(
+                    release["channel"].as_str().unwrap().contains("-standard-"),
+                    "{} needs the experimental channel",
+                    object["object"]
+                );
+            }
+        }
     }
 }
 
-/// A change that makes a manifest wrong.
-type Mistake = fn(&mut Value);
-
-/// The vendored schemas are strict enough to catch what a cluster would refuse.
+/// The CEL rules the manifests reach: every one evaluated (and true), but the
+/// transition rules the apiserver skips on create.
 #[test]
-fn the_vendored_schemas_reject_mistakes() {
-    let manifests = named(&kubernetes_manifests());
-    let find = |kind: &str| {
-        manifests
-            .iter()
-            .find(|(_, d)| d["kind"] == kind)
-            .unwrap_or_else(|| panic!("no {kind}"))
-            .clone()
-    };
-    let mistakes: Vec<(&str, Mistake)> = vec![
-        ("EnvoyFilter", |d| {
-            d["spec"]["configPatches"][0]["applyTo"] = json!("UPSTREAM_FILTER")
-        }),
-        ("EnvoyFilter", |d| {
-            d["spec"]["configPatches"][0]["patch"]["operaton"] = json!("ADD")
-        }),
-        ("DestinationRule", |d| {
-            d["spec"]["trafficPolicy"]["connectionPool"]["http"]["maxRetry"] = json!(1024)
-        }),
-        ("ServiceEntry", |d| {
-            d["spec"]["ports"][0]["protocol"] = json!("HTTPX")
-        }),
-        ("EnvoyExtensionPolicy", |d| {
-            d["spec"]["wasm"][0]["code"]["type"] = json!("OCI")
-        }),
-        ("EnvoyExtensionPolicy", |d| {
-            d["spec"]["wasm"][0]["rootId"] = json!("x")
-        }),
-        ("EnvoyPatchPolicy", |d| {
-            d["spec"]["jsonPatches"][0]["operation"]["op"] = json!("merge")
-        }),
-        ("EnvoyPatchPolicy", |d| {
-            d["spec"]["jsonPatches"][0]["type"] = json!("Listener")
-        }),
-        ("Backend", |d| {
-            d["spec"]["endpoints"][0]["fqdn"]["port"] = json!(0)
-        }),
-        ("BackendTLSPolicy", |d| {
-            d["spec"]["validation"]
-                .as_object_mut()
-                .unwrap()
-                .remove("hostname");
-        }),
-        ("HTTPRoute", |d| {
-            d["spec"]["rules"][0]["timeouts"]["request"] = json!("5 minutes")
-        }),
+fn every_cel_rule_the_manifests_reach_is_evaluated() {
+    let (_, report) = crd_validate(&deploy_files());
+    let mut evaluated = 0;
+    let mut not_evaluated = BTreeSet::new();
+    for object in report.as_array().unwrap() {
+        for release in object["releases"].as_array().unwrap() {
+            for rule in release["cel_evaluated"].as_array().unwrap() {
+                assert_eq!(rule["result"], true, "{}: {rule}", object["object"]);
+                evaluated += 1;
+            }
+            for rule in release["cel_not_evaluated"].as_array().unwrap() {
+                not_evaluated.insert(format!(
+                    "{} {}: {} ({})",
+                    object["kind"].as_str().unwrap(),
+                    rule["path"].as_str().unwrap(),
+                    rule["rule"].as_str().unwrap(),
+                    rule["why"].as_str().unwrap()
+                ));
+            }
+            assert_eq!(
+                release["formats_not_checked"],
+                json!([]),
+                "{}",
+                object["object"]
+            );
+        }
+    }
+    assert!(evaluated > 100, "only {evaluated} CEL rules evaluated");
+    assert_eq!(
+        not_evaluated,
+        BTreeSet::from([
+            "GatewayClass spec.controllerName: self == oldSelf (transition rule (reads oldSelf): the apiserver skips it on create)".to_string()
+        ])
+    );
+}
+
+/// A change that makes a manifest wrong, and what the report must say about it.
+type Mistake = (&'static str, fn(&mut Value), &'static str);
+
+#[test]
+fn the_validator_refuses_what_a_cluster_refuses() {
+    let mistakes: Vec<Mistake> = vec![
+        (
+            "BackendTLSPolicy",
+            |d| d["apiVersion"] = json!("gateway.networking.k8s.io/v1alpha3"),
+            "v1alpha3 is not served",
+        ),
+        (
+            "EnvoyFilter",
+            |d| d["spec"]["configPatches"][0]["applyTo"] = json!("UPSTREAM_FILTER"),
+            "is not one of",
+        ),
+        (
+            "EnvoyFilter",
+            |d| d["spec"]["configPatches"][0]["patch"]["operaton"] = json!("ADD"),
+            "operaton: unknown field",
+        ),
+        (
+            "EnvoyFilter",
+            |d| {
+                d["spec"]["targetRefs"] =
+                    json!([{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "x"}])
+            },
+            "only one of targetRefs or workloadSelector",
+        ),
+        (
+            "DestinationRule",
+            |d| d["spec"]["trafficPolicy"]["connectionPool"]["http"]["maxRetry"] = json!(1024),
+            "maxRetry: unknown field",
+        ),
+        (
+            "DestinationRule",
+            |d| d["spec"]["trafficPolicy"]["connectionPool"]["tcp"]["connectTimeout"] = json!("0s"),
+            "must be a valid duration greater than 1ms",
+        ),
+        (
+            "ServiceEntry",
+            |d| d["spec"]["hosts"][0] = json!("*"),
+            "hostname cannot be wildcard",
+        ),
+        (
+            "VirtualService",
+            |d| d["spec"]["http"][0]["timeout"] = json!(300),
+            "must be of type string",
+        ),
+        (
+            "EnvoyExtensionPolicy",
+            |d| d["spec"]["wasm"][0]["code"]["type"] = json!("HTTP"),
+            "If type is HTTP, http field needs to be set",
+        ),
+        (
+            "EnvoyExtensionPolicy",
+            |d| d["spec"]["wasm"][0]["rootId"] = json!("x"),
+            "rootId: unknown field",
+        ),
+        (
+            "EnvoyPatchPolicy",
+            |d| d["spec"]["jsonPatches"][0]["operation"]["op"] = json!("merge"),
+            "is not one of",
+        ),
+        (
+            "EnvoyPatchPolicy",
+            |d| d["spec"]["jsonPatches"][0]["type"] = json!("Listener"),
+            "is not one of",
+        ),
+        (
+            "Backend",
+            |d| d["spec"]["endpoints"][0]["fqdn"]["port"] = json!(70000),
+            "above the maximum",
+        ),
+        (
+            "BackendTLSPolicy",
+            |d| {
+                d["spec"]["validation"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("hostname");
+            },
+            "required field 'hostname' is missing",
+        ),
+        (
+            "BackendTLSPolicy",
+            |d| {
+                d["spec"]["validation"]["caCertificateRefs"] =
+                    json!([{"group": "", "kind": "ConfigMap", "name": "ca"}])
+            },
+            "must not contain both CACertificateRefs and WellKnownCACertificates",
+        ),
+        (
+            "HTTPRoute",
+            |d| d["spec"]["rules"][0]["timeouts"]["request"] = json!("5 minutes"),
+            "does not match",
+        ),
+        (
+            "HTTPRoute",
+            |d| d["spec"]["rules"][0]["timeouts"]["backendRequest"] = json!("600s"),
+            "backendRequest timeout cannot be longer than request timeout",
+        ),
+        (
+            "Gateway",
+            |d| {
+                let l = d["spec"]["listeners"][0].clone();
+                d["spec"]["listeners"].as_array_mut().unwrap().push(l);
+            },
+            "Listener name must be unique within the Gateway",
+        ),
+        (
+            "GatewayClass",
+            |d| d["metadata"]["name"] = json!("AI_Fallback"),
+            "is not a DNS subdomain",
+        ),
     ];
-    for (kind, mistake) in mistakes {
-        let (name, mut document) = find(kind);
+    let manifests: Vec<Value> = deploy_files()
+        .iter()
+        .flat_map(|p| yaml_documents(p))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for (index, (kind, mistake, _)) in mistakes.iter().enumerate() {
+        let mut document = manifests
+            .iter()
+            .find(|d| {
+                d["kind"] == *kind
+                    && d["apiVersion"].as_str().is_some_and(|v| {
+                        !v.starts_with("networking.istio.io") || *kind != "Gateway"
+                    })
+            })
+            .unwrap_or_else(|| panic!("no {kind}"))
+            .clone();
         mistake(&mut document);
-        assert!(
-            validate(&[(name.clone(), document.clone())]).is_err(),
-            "the schema of {kind} accepts a mistake: {document}"
-        );
+        let file = dir.path().join(format!("{index}.yaml"));
+        std::fs::write(&file, serde_yaml::to_string(&document).unwrap()).unwrap();
+        files.push(file);
+    }
+    let (passed, report) = crd_validate(&files);
+    assert!(!passed);
+    for (index, (kind, _, expected)) in mistakes.iter().enumerate() {
+        let object = &report[index];
+        assert_eq!(object["kind"], *kind);
+        for release in object["releases"].as_array().unwrap() {
+            let errors: Vec<&str> = release["errors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e.as_str().unwrap())
+                .collect();
+            assert!(
+                errors.iter().any(|e| e.contains(expected)),
+                "{kind} at {}: expected an error containing {expected:?}, got {errors:?}",
+                release["release"]
+            );
+        }
     }
 }
 
 // ---------------------------------------------------------------------------------
-// What the manifests put into Envoy, run in Envoy: each deploy path's patches are
-// applied to the example by hand (no cluster here), with the module from disk
-// instead of a registry, and a fallback goes through them.
+// The minimum versions: Istio 1.28, Envoy Gateway 1.6, Envoy 1.35
 
-const WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+/// Fields of Envoy's API that came after Envoy 1.35 (the oldest Envoy these
+/// manifests support): none may appear in them.
+const NEWER_THAN_ENVOY_1_35: [&str; 1] = ["request_body_buffer_limit"];
 
-fn test_plugin() -> Value {
-    json!({"chains": {"a+status-502": ["b"]}})
-}
-
-/// The one object of `kind` under deploy/`dir`.
-fn manifest(dir: &str, kind: &str) -> Value {
-    let found: Vec<Value> = kubernetes_manifests()
-        .into_iter()
-        .filter(|(path, d)| {
-            path.starts_with(repo_root().join("deploy").join(dir)) && d["kind"] == kind
-        })
-        .map(|(_, d)| d)
-        .collect();
-    assert_eq!(found.len(), 1, "one {kind} under deploy/{dir}");
-    found.into_iter().next().unwrap()
-}
-
-/// The chains of envoy/envoy-provider-tls.yaml, which every deploy path uses too.
-fn provider_example_plugin() -> Value {
-    let mut config = load_yaml(&repo_root().join("envoy/envoy-provider-tls.yaml"));
-    let text = connection_manager(&mut config)["http_filters"][0]["typed_config"]["config"]
-        ["configuration"]["value"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    serde_json::from_str(&text).unwrap()
-}
-
-fn plugin_of(wasm_config: &Value) -> Value {
-    serde_json::from_str(wasm_config["configuration"]["value"].as_str().unwrap()).unwrap()
-}
-
-/// A Wasm PluginConfig with the built module and the test chains.
-fn localize(wasm_config: &mut Value) {
-    wasm_config["vm_config"]["code"] =
-        json!({"local": {"filename": wasm_path().display().to_string()}});
-    wasm_config["configuration"]["value"] = json!(test_plugin().to_string());
-}
-
-/// The example, with its own placement of both roles taken out, in front of `mock`.
-fn bare_example(mock: &Mock) -> Value {
-    let mut config = example_config(mock.port(), &test_plugin());
-    // ECDS from files needs a node identity.
-    config["node"] = json!({"id": "deploy-test", "cluster": "deploy-test"});
-    let manager = connection_manager(&mut config);
-    manager["http_filters"][1]["typed_config"]
-        .as_object_mut()
-        .unwrap()
-        .remove("upstream_http_filters");
-    let vhost = manager["route_config"]["virtual_hosts"][0]
-        .as_object_mut()
-        .unwrap();
-    vhost.remove("include_request_attempt_count");
-    vhost.remove("request_body_buffer_limit");
-    config
-}
-
-async fn assert_falls_back(envoy: &Envoy, mock: &Mock) {
-    let response = client()
-        .post(envoy.url("/v1/chat/completions"))
-        .header("content-type", "application/json")
-        .body(chat_body("a+status-502"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["model"], "b");
-    assert_eq!(models_seen(mock), ["a+status-502", "b"]);
-}
-
-#[tokio::test]
-async fn the_istio_envoy_filter_runs_in_envoy() {
-    let filter = manifest("istio", "EnvoyFilter");
-    let service_entry = manifest("istio", "ServiceEntry");
-    let destination_rule = manifest("istio", "DestinationRule");
-    let gateway = manifest("istio", "Gateway");
-    let virtual_service = manifest("istio", "VirtualService");
-    let patches = filter["spec"]["configPatches"].as_array().unwrap();
-    let patch = |apply_to: &str| -> Vec<&Value> {
-        patches
-            .iter()
-            .filter(|p| p["applyTo"] == apply_to)
-            .collect()
-    };
-
-    // The ECDS resources: the two roles, one module, one plugin configuration.
-    let extensions: std::collections::BTreeMap<String, Value> = patch("EXTENSION_CONFIG")
-        .into_iter()
-        .map(|p| {
-            let value = &p["patch"]["value"];
-            assert_eq!(value["typed_config"]["@type"], WASM_TYPE);
-            (
-                value["name"].as_str().unwrap().to_string(),
-                value["typed_config"].clone(),
-            )
-        })
-        .collect();
-    let roles: Vec<&str> = extensions
-        .values()
-        .map(|t| t["config"]["root_id"].as_str().unwrap())
-        .collect();
-    assert_eq!(roles, ["ai_fallback_attempt", "ai_fallback_gateway"]);
-    for typed in extensions.values() {
-        assert_eq!(typed["config"]["allow_on_headers_stop_iteration"], true);
-        assert_eq!(typed["config"]["failure_policy"], "FAIL_RELOAD");
-        assert_eq!(plugin_of(&typed["config"]), provider_example_plugin());
+#[test]
+fn the_minimum_versions_are_stated_and_kept() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let deploy = readme
+        .split("\n## ")
+        .find(|section| section.starts_with("Deploy"))
+        .expect("README has a Deploy section");
+    for minimum in ["Istio 1.28", "Envoy Gateway 1.6", "Envoy 1.35"] {
+        assert!(
+            deploy.contains(minimum),
+            "README Deploy does not state {minimum}"
+        );
     }
-
-    // The provider's names agree across the manifests.
-    let host = service_entry["spec"]["hosts"][0].clone();
-    let port = service_entry["spec"]["ports"][0]["number"].clone();
-    let cluster_patch = patch("CLUSTER")[0];
-    assert_eq!(cluster_patch["match"]["cluster"]["service"], host);
-    assert_eq!(cluster_patch["match"]["cluster"]["portNumber"], port);
-    assert_eq!(destination_rule["spec"]["host"], host);
-    assert_eq!(
-        destination_rule["spec"]["trafficPolicy"]["tls"]["sni"],
-        host
-    );
-    let destination = &virtual_service["spec"]["http"][0]["route"][0]["destination"];
-    assert_eq!(destination["host"], host);
-    assert_eq!(destination["port"]["number"], port);
-    let server = &gateway["spec"]["servers"][0];
-    let vhost_patch = patch("VIRTUAL_HOST")[0];
-    assert_eq!(
-        vhost_patch["match"]["routeConfiguration"]["vhost"]["name"],
-        format!(
-            "{}:{}",
-            server["hosts"][0].as_str().unwrap(),
-            server["port"]["number"]
-        )
-    );
-
-    // Applied to the example, with the ECDS resources served from files.
-    let mock = Mock::start();
-    let dir = tempfile::tempdir().unwrap();
-    let serve_from_file = |filter: &mut Value| {
-        let name = filter["name"].as_str().unwrap().to_string();
-        let mut typed = extensions[&name].clone();
-        localize(&mut typed["config"]);
-        let file = dir.path().join(format!("{name}.json"));
-        let resources = json!({"resources": [{
-            "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
-            "name": name, "typed_config": typed}]});
-        std::fs::write(&file, resources.to_string()).unwrap();
-        assert!(filter["config_discovery"]["config_source"]["ads"].is_object());
-        filter["config_discovery"]["config_source"] =
-            json!({"path_config_source": {"path": file.display().to_string()}});
-    };
-    let mut config = bare_example(&mock);
-    let manager = connection_manager(&mut config);
-
-    let http_filter_patch = patch("HTTP_FILTER")[0];
-    assert_eq!(http_filter_patch["patch"]["operation"], "INSERT_BEFORE");
-    assert_eq!(
-        http_filter_patch["match"]["listener"]["filterChain"]["filter"]["subFilter"]["name"],
-        "envoy.filters.http.router"
-    );
-    let mut gateway_filter = http_filter_patch["patch"]["value"].clone();
-    serve_from_file(&mut gateway_filter);
-    manager["http_filters"][0] = gateway_filter;
-
-    for (key, value) in vhost_patch["patch"]["value"].as_object().unwrap() {
-        manager["route_config"]["virtual_hosts"][0][key] = value.clone();
-    }
-
-    let mut options = cluster_patch["patch"]["value"]["typed_extension_protocol_options"].clone();
-    for upstream_filter in options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
-        ["http_filters"]
-        .as_array_mut()
-        .unwrap()
-    {
-        if upstream_filter.get("config_discovery").is_some() {
-            serve_from_file(upstream_filter);
+    let istio = std::fs::read_to_string(repo_root().join("deploy/istio/ai-fallback.yaml")).unwrap();
+    assert!(istio.contains("Istio 1.28 or later"));
+    let eg =
+        std::fs::read_to_string(repo_root().join("deploy/envoy-gateway/ai-fallback.yaml")).unwrap();
+    assert!(eg.contains("Envoy Gateway (1.6 or later)"));
+    for path in deploy_files() {
+        let text = std::fs::read_to_string(&path).unwrap();
+        for field in NEWER_THAN_ENVOY_1_35 {
+            assert!(!text.contains(field), "{} uses {field}", path.display());
         }
     }
-    config["static_resources"]["clusters"][0]["typed_extension_protocol_options"] = options;
-
-    let envoy = Envoy::start(&config);
-    assert_falls_back(&envoy, &mock).await;
-}
-
-/// An EnvoyPatchPolicy patch that adds one field to the object named `target` (by
-/// `jsonPath`) of the xDS resource `resource`: the field and its value.
-fn field_patch(patch: &Value, resource: &str, target: &str) -> (String, Value) {
-    assert_eq!(patch["name"], resource);
-    let operation = &patch["operation"];
-    assert!(
-        operation["jsonPath"]
-            .as_str()
-            .unwrap()
-            .contains(&format!("'{target}'")),
-        "{operation}"
-    );
-    assert_eq!(operation["op"], "add");
-    let key = operation["path"].as_str().unwrap().trim_start_matches('/');
-    (key.to_string(), operation["value"].clone())
-}
-
-#[tokio::test]
-async fn the_envoy_gateway_policies_run_in_envoy() {
-    let extension = manifest("envoy-gateway", "EnvoyExtensionPolicy");
-    let patch_policy = manifest("envoy-gateway", "EnvoyPatchPolicy");
-    let gateway = manifest("envoy-gateway", "Gateway");
-    let route = manifest("envoy-gateway", "HTTPRoute");
-    let backend = manifest("envoy-gateway", "Backend");
-    let tls = manifest("envoy-gateway", "BackendTLSPolicy");
-    let proxy = manifest("envoy-gateway", "EnvoyProxy");
-
-    // Names, as Envoy Gateway derives them from the Gateway API objects.
-    let namespace = gateway["metadata"]["namespace"].as_str().unwrap();
-    let gateway_name = gateway["metadata"]["name"].as_str().unwrap();
-    let listener = &gateway["spec"]["listeners"][0];
-    let listener_name = format!(
-        "{namespace}/{gateway_name}/{}",
-        listener["name"].as_str().unwrap()
-    );
-    let vhost_name = format!(
-        "{listener_name}/{}",
-        listener["hostname"].as_str().unwrap().replace('.', "_")
-    );
-    let cluster_name = format!(
-        "httproute/{}/{}/rule/0",
-        route["metadata"]["namespace"].as_str().unwrap(),
-        route["metadata"]["name"].as_str().unwrap()
-    );
-    let wasm_filter_name = format!(
-        "envoy.filters.http.wasm/envoyextensionpolicy/{}/{}/0",
-        extension["metadata"]["namespace"].as_str().unwrap(),
-        extension["metadata"]["name"].as_str().unwrap()
-    );
-    assert_eq!(patch_policy["spec"]["targetRef"]["name"], gateway_name);
-    assert_eq!(
-        extension["spec"]["targetRefs"][0]["name"],
-        route["metadata"]["name"]
-    );
-    let backend_ref = &route["spec"]["rules"][0]["backendRefs"][0];
-    assert_eq!(backend_ref["name"], backend["metadata"]["name"]);
-    assert_eq!(
-        tls["spec"]["targetRefs"][0]["name"],
-        backend["metadata"]["name"]
-    );
-    assert_eq!(
-        tls["spec"]["validation"]["hostname"],
-        backend["spec"]["endpoints"][0]["fqdn"]["hostname"]
-    );
-
-    let wasm = &extension["spec"]["wasm"][0];
-    assert_eq!(wasm["rootID"], "ai_fallback_gateway");
-    assert_eq!(wasm["config"], provider_example_plugin());
-
-    let patches = patch_policy["spec"]["jsonPatches"].as_array().unwrap();
-    let of_type = |suffix: &str| -> Vec<&Value> {
-        patches
-            .iter()
-            .filter(|p| p["type"].as_str().unwrap().ends_with(suffix))
-            .collect()
-    };
-    // The listener patches set what the EnvoyExtensionPolicy cannot on the gateway
-    // role's filter: the hold on the request headers, and a VM reloaded when it fails.
-    let gateway_role_patches: serde_json::Map<String, Value> = of_type("Listener")
-        .into_iter()
-        .map(|patch| field_patch(patch, &listener_name, &wasm_filter_name))
-        .collect();
-    assert_eq!(
-        gateway_role_patches["allow_on_headers_stop_iteration"],
-        true
-    );
-    assert_eq!(gateway_role_patches["failure_policy"], "FAIL_RELOAD");
-    assert!(gateway_role_patches["reload_config"]["backoff"]["base_interval"].is_string());
-    // Envoy refuses fail_open (what failOpen: true renders) beside failure_policy.
-    assert_ne!(wasm["failOpen"], true);
-
-    let cluster_patch = of_type("Cluster")[0];
-    assert_eq!(cluster_patch["name"], cluster_name);
-    assert_eq!(
-        cluster_patch["operation"]["path"],
-        "/typed_extension_protocol_options"
-    );
-    let mut options = cluster_patch["operation"]["value"].clone();
-    let upstream_filters = options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
-        ["http_filters"]
-        .as_array_mut()
-        .unwrap();
-    let attempt = &mut upstream_filters[0]["typed_config"]["config"];
-    assert_eq!(attempt["root_id"], "ai_fallback_attempt");
-    assert_eq!(attempt["failure_policy"], "FAIL_RELOAD");
-    assert_eq!(plugin_of(attempt), provider_example_plugin());
-    // The module the EnvoyProxy mounts.
-    let mount = proxy["spec"]["provider"]["kubernetes"]["envoyDeployment"]["container"]
-        ["volumeMounts"][0]["mountPath"]
-        .as_str()
-        .unwrap();
-    assert_eq!(
-        attempt["vm_config"]["code"]["local"]["filename"],
-        format!("{mount}/plugin.wasm")
-    );
-    localize(attempt);
-
-    let route_patches = of_type("RouteConfiguration");
-    assert_eq!(route_patches.len(), 2);
-
-    // Applied to the example: the gateway role as Envoy Gateway renders the
-    // EnvoyExtensionPolicy (root id, configuration as JSON text, the legacy
-    // fail_open only when failOpen is true, as in its golden listeners) with the
-    // listener patches; the cluster and virtual host patches as they are.
-    let mock = Mock::start();
-    let mut config = bare_example(&mock);
-    let manager = connection_manager(&mut config);
-    let gateway_role = &mut manager["http_filters"][0]["typed_config"]["config"];
-    let rendered = gateway_role.as_object_mut().unwrap();
-    for key in [
-        "allow_on_headers_stop_iteration",
-        "failure_policy",
-        "reload_config",
+    // The validator's releases are the minimum and the latest.
+    let validator =
+        std::fs::read_to_string(repo_root().join("deploy/check/crd_validate.py")).unwrap();
+    for release in [
+        "Istio 1.28.0",
+        "Istio 1.30.3",
+        "Envoy Gateway 1.6.0",
+        "Envoy Gateway 1.9.0",
+        "Gateway API 1.6.1",
     ] {
-        rendered.remove(key);
+        assert!(validator.contains(release), "{release}");
     }
-    rendered.insert("root_id".into(), wasm["rootID"].clone());
-    if wasm["failOpen"] == true {
-        rendered.insert("fail_open".into(), json!(true));
-    }
-    rendered.extend(gateway_role_patches);
-    for patch in route_patches {
-        let (key, value) = field_patch(patch, &listener_name, &vhost_name);
-        manager["route_config"]["virtual_hosts"][0][key] = value;
-    }
-    config["static_resources"]["clusters"][0]["typed_extension_protocol_options"] = options;
-
-    let envoy = Envoy::start(&config);
-    assert_falls_back(&envoy, &mock).await;
 }

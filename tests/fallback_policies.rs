@@ -20,23 +20,6 @@ use serde_json::{json, Value};
 const CHAT: &str = "/v1/chat/completions";
 const MESSAGES: &str = "/v1/messages";
 
-async fn post(envoy: &Envoy, path: &str, headers: &[(&str, &str)], body: &Value) -> (u16, String) {
-    let mut request = client()
-        .post(envoy.url(path))
-        .header("content-type", "application/json")
-        .body(body.to_string());
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.text().await.unwrap())
-}
-
-fn chat_request(model: &str) -> Value {
-    json!({"model": model, "messages": [{"role": "user", "content": "hi"}]})
-}
-
 /// A 400 that says a content policy blocked the prompt goes to the content-policy
 /// chain, and only there; another 400 stays final.
 #[tokio::test]
@@ -47,11 +30,11 @@ async fn a_blocked_prompt_takes_the_content_policy_chain_only() {
         "chains": {blocked: ["general"], plain_400: ["general"]},
         "content_policy_chains": {blocked: ["lenient"], plain_400: ["lenient"]}
     }));
-    let (status, body) = post(&envoy, CHAT, &[], &chat_request(blocked)).await;
+    let (status, body) = post_json(&envoy, CHAT, &[], &chat_request(blocked)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(models_seen(&mock), [blocked, "lenient"]);
     mock.clear();
-    let (status, _) = post(&envoy, CHAT, &[], &chat_request(plain_400)).await;
+    let (status, _) = post_json(&envoy, CHAT, &[], &chat_request(plain_400)).await;
     assert_eq!(status, 400);
     assert_eq!(models_seen(&mock), [plain_400]);
     let (_, stats) = envoy.admin_get("/stats?filter=class.content_policy");
@@ -64,7 +47,7 @@ async fn a_blocked_prompt_takes_the_content_policy_chain_only() {
 async fn a_client_can_turn_fallbacks_off() {
     let (envoy, mock) = start_with_plugin(json!({"chains": {"p+status-502": ["backup"]}}));
     let headers = [("x-ai-fallback", "off")];
-    let (status, body) = post(&envoy, CHAT, &headers, &chat_request("p+status-502")).await;
+    let (status, body) = post_json(&envoy, CHAT, &headers, &chat_request("p+status-502")).await;
     assert_eq!(status, 502);
     assert!(
         body.contains("mock failure 502"),
@@ -85,12 +68,12 @@ async fn a_client_chain_is_used_only_within_the_allowed_models() {
     }));
     let request = chat_request("p+status-502");
     let outside = [("x-ai-fallback-models", "cheap, expensive")];
-    let (status, _) = post(&envoy, CHAT, &outside, &request).await;
+    let (status, _) = post_json(&envoy, CHAT, &outside, &request).await;
     assert_eq!(status, 200);
     assert_eq!(models_seen(&mock), ["p+status-502", "configured"]);
     mock.clear();
     let allowed = [("x-ai-fallback-models", "fast,cheap")];
-    let (status, body) = post(&envoy, CHAT, &allowed, &request).await;
+    let (status, body) = post_json(&envoy, CHAT, &allowed, &request).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(models_seen(&mock), ["p+status-502", "fast"]);
     for request in mock.requests() {
@@ -108,13 +91,13 @@ async fn anthropic_messages_fall_back() {
         "claude-stream+sse-error": ["claude-backup"]
     }}));
     let request = chat_request("claude+status-529+body-anthropic-overloaded");
-    let (status, body) = post(&envoy, MESSAGES, &[], &request).await;
+    let (status, body) = post_json(&envoy, MESSAGES, &[], &request).await;
     assert_eq!(status, 200, "{body}");
     let answer: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(answer["type"], "message");
     assert_eq!(answer["model"], "claude-backup");
     let stream = json!({"model": "claude-stream+sse-error", "stream": true, "messages": []});
-    let (status, text) = post(&envoy, MESSAGES, &[], &stream).await;
+    let (status, text) = post_json(&envoy, MESSAGES, &[], &stream).await;
     assert_eq!(status, 200, "{text}");
     assert!(text.starts_with("event: message_start"), "{text}");
     assert!(
@@ -141,7 +124,7 @@ async fn the_final_error_on_the_messages_api_has_anthropics_shape() {
     let (envoy, _mock) = start_with_plugin(json!({"chains": {
         "claude+status-529": ["claude-2+status-529"]
     }}));
-    let (status, body) = post(&envoy, MESSAGES, &[], &chat_request("claude+status-529")).await;
+    let (status, body) = post_json(&envoy, MESSAGES, &[], &chat_request("claude+status-529")).await;
     assert_eq!(status, 529, "{body}");
     let error: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(error["type"], "error", "{body}");
@@ -150,7 +133,7 @@ async fn the_final_error_on_the_messages_api_has_anthropics_shape() {
         .as_str()
         .unwrap()
         .starts_with("All 2 attempt(s) failed."));
-    let (status, body) = post(&envoy, CHAT, &[], &chat_request("claude+status-529")).await;
+    let (status, body) = post_json(&envoy, CHAT, &[], &chat_request("claude+status-529")).await;
     assert_eq!(status, 529);
     let error: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(

@@ -22,20 +22,7 @@ use std::time::{Duration, Instant};
 const CHAT: &str = "/v1/chat/completions";
 
 async fn post(envoy: &Envoy, headers: &[(&str, &str)], body: &Value) -> (u16, String) {
-    let mut request = client()
-        .post(envoy.url(CHAT))
-        .header("content-type", "application/json")
-        .body(body.to_string());
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.text().await.unwrap())
-}
-
-fn chat_request(model: &str) -> Value {
-    json!({"model": model, "messages": [{"role": "user", "content": "hi"}]})
+    post_json(envoy, CHAT, headers, body).await
 }
 
 /// gzip of `data` in stored (uncompressed) deflate blocks: valid for any decoder.

@@ -147,3 +147,27 @@ pub fn with_model(body: &[u8], old_literal: &str, new_literal: &str) -> Vec<u8> 
     expected.extend_from_slice(&body[position + old_literal.len()..]);
     expected
 }
+
+/// A JSON POST to `path` with extra `headers`: (status, body text).
+pub async fn post_json(
+    envoy: &Envoy,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &Value,
+) -> (u16, String) {
+    let mut request = client()
+        .post(envoy.url(path))
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.expect("a response");
+    let status = response.status().as_u16();
+    (status, response.text().await.expect("a body"))
+}
+
+/// A chat request for `model` with one user message.
+pub fn chat_request(model: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": "hi"}]})
+}

@@ -12,6 +12,7 @@
 //! | `body-noinstances`, `body-chutenotfound`, `body-overloaded`, `body-errorenvelope`, `body-ctxlen`, `body-empty` | canned provider bodies (status from `status-NNN`, else 200) |
 //! | `body-keyecho-N` | an error body quoting the request's API key (the `authorization` value, without `Bearer `; a fake key when absent), shape N from 0 to 7: `key=KEY`, `provided: KEY.`, `Authorization='Bearer KEY'`, `"KEY"`, `the key KEY is`, `{"detail": "...: Bearer KEY"}`, `{"error": "KEY"}`, `{"message": "... KEY ..."}` |
 //! | `retry-after-S` | add a `retry-after: S` header |
+//! | `latin1-NAME` | the answer's header NAME (e.g. `content-type`, `retry-after`, `content-length`, `content-encoding`) carries [`LATIN1_VALUE`], bytes that are not UTF-8, in place of its usual value; with `content-length`, non-streamed answers only |
 //! | `delay-MS` | wait MS milliseconds before the response headers |
 //! | `drop` | close the connection without answering |
 //! | `garbage` | write bytes that are not HTTP, then close |
@@ -71,6 +72,10 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:10001";
 
 /// The path of the control endpoint (`GET` lists, `DELETE` clears the recording).
 pub const CONTROL_PATH: &str = "/__mock/requests";
+
+/// What `latin1-NAME` sends as the value of header NAME: "café" in Latin-1, which is
+/// not UTF-8 (a lone 0xe9).
+pub const LATIN1_VALUE: &[u8] = b"caf\xe9";
 
 /// What `garbage` writes instead of an HTTP response.
 pub const GARBAGE: &[u8] = b"NOT HTTP AT ALL\r\n\r\n";
@@ -573,6 +578,16 @@ impl Answer {
         if let Some(seconds) = script.retry_after.as_deref() {
             if let Ok(seconds) = HeaderValue::from_str(seconds) {
                 headers.insert(RETRY_AFTER, seconds);
+            }
+        }
+        if let Some(name) = script.latin1_header.as_deref() {
+            // hyper sends a value as it is, content-length included when the body's
+            // length is known, so the bytes reach the wire unchanged.
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_bytes(LATIN1_VALUE),
+            ) {
+                headers.insert(name, value);
             }
         }
         Ok(response)

@@ -92,6 +92,9 @@ pub(crate) struct Script {
     pub cut: bool,
     /// `chaos-P`: fail with probability P% (see `chaos`).
     pub chaos: Option<u32>,
+    /// `latin1-NAME`: the answer's header NAME carries [`crate::LATIN1_VALUE`], bytes
+    /// that are not UTF-8, instead of its usual value.
+    pub latin1_header: Option<String>,
 }
 
 pub(crate) const DEFAULT_CHUNKS: u32 = 3;
@@ -110,6 +113,7 @@ impl Default for Script {
             stream_failure: None,
             cut: false,
             chaos: None,
+            latin1_header: None,
         }
     }
 }
@@ -183,6 +187,10 @@ impl Script {
             if let Ok(n) = n.parse() {
                 self.stream_failure = Some(StreamFailure::BreakAfter(n));
             }
+        } else if let Some(name) = part.strip_prefix("latin1-") {
+            if !name.is_empty() {
+                self.latin1_header = Some(name.to_ascii_lowercase());
+            }
         } else if part.starts_with("chaos-") {
             if let Some(percent) = crate::chaos::chaos_percent(part) {
                 self.chaos = Some(percent);
@@ -241,6 +249,13 @@ mod tests {
         assert!(script.cut);
         assert_eq!(script.chaos, Some(30));
         assert_eq!(Script::parse("m+chaos-101").chaos, None);
+    }
+
+    #[test]
+    fn latin1_names_a_header() {
+        let script = Script::parse("m+status-502+latin1-Content-Type");
+        assert_eq!(script.latin1_header.as_deref(), Some("content-type"));
+        assert_eq!(Script::parse("m+latin1-").latin1_header, None);
     }
 
     #[test]

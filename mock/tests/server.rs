@@ -650,3 +650,43 @@ async fn model_is_read_from_bodies_serde_json_cannot_parse_whole() {
     }
     assert!(mock.requests()[1].stream);
 }
+
+#[test]
+fn latin1_puts_bytes_that_are_not_utf8_in_the_named_header() {
+    let mock = Mock::start();
+    for name in [
+        "content-type",
+        "retry-after",
+        "content-length",
+        "content-encoding",
+    ] {
+        for status in ["+status-502", ""] {
+            let body = json!({"model": format!("m{status}+latin1-{name}")}).to_string();
+            let request = format!(
+                "POST /v1/chat/completions HTTP/1.1\r\nhost: mock\r\n\
+                 content-type: application/json\r\ncontent-length: {}\r\n\
+                 connection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let (received, _reset) = raw_exchange(mock.addr(), request.as_bytes());
+            let end = received.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+            let head = &received[..end + 2];
+            let code = if status.is_empty() { "200" } else { "502" };
+            assert!(head.starts_with(format!("HTTP/1.1 {code} ").as_bytes()));
+            let mut line = format!("\r\n{name}: ").into_bytes();
+            line.extend_from_slice(mock_upstream::LATIN1_VALUE);
+            line.extend_from_slice(b"\r\n");
+            let lines = head.windows(line.len()).filter(|w| *w == line).count();
+            let named = head
+                .windows(name.len() + 2)
+                .filter(|w| *w == format!("\n{name}:").as_bytes())
+                .count();
+            assert_eq!(
+                (lines, named),
+                (1, 1),
+                "{name} {code}: {}",
+                String::from_utf8_lossy(head)
+            );
+        }
+    }
+}

@@ -196,7 +196,8 @@ fn exhausted_headline(plan: &Plan, records: &[AttemptRecord]) -> String {
     if cut_short {
         format!(
             "{} of {} model(s) tried: Envoy could not try the next one (a 1xx answer \
-             had already reached the client, or the cluster's retry limit was reached).",
+             had already reached the client, the cluster's retry limit was reached, or \
+             the body was larger than the route's request_body_buffer_limit).",
             records.len(),
             plan.max_retries() + 1
         )

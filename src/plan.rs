@@ -12,6 +12,7 @@ use crate::classify::{Class, RequestFacts};
 use crate::config::{ChainEntry, Settings};
 use crate::cooldown::health_key;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::ops::Range;
 
 /// The filter state name of the plan: a single path segment, visible to Envoy as
@@ -22,6 +23,10 @@ pub const PLAN_PROPERTY: &str = "ai_fallback.plan";
 pub fn attempt_property(attempt: u32) -> String {
     format!("ai_fallback.attempt.{attempt}")
 }
+
+/// The most attempts a request can make: a first one and a retry for each entry of
+/// its three chains.
+pub const MAX_ATTEMPTS: u32 = 3 * crate::config::MAX_CHAIN_LENGTH as u32 + 1;
 
 /// The request header carrying the attempt number, added by the router when the
 /// virtual host sets `include_request_attempt_count: true`.
@@ -630,10 +635,7 @@ pub fn decide(
         .chain(&context_providers)
         .chain(&content_providers)
         .any(Option::is_some);
-    let budget_ms = match (settings.budget.total_ms, start.client_deadline_ms) {
-        (Some(budget), Some(deadline)) => Some(budget.min(deadline)),
-        (budget, deadline) => budget.or(deadline),
-    };
+    let budget_ms = effective_budget_ms(settings.budget.total_ms, start.client_deadline_ms);
     let plan = Plan {
         body_len: body_bytes.len(),
         model_span: span,
@@ -656,6 +658,30 @@ pub fn decide(
     BodyDecision::Fallback(Box::new(plan), skipped)
 }
 
+/// The request's time budget: the configured one, shortened by the client's
+/// deadline header; `None` when neither is set.
+pub fn effective_budget_ms(configured: Option<u64>, client_deadline: Option<u64>) -> Option<u64> {
+    match (configured, client_deadline) {
+        (Some(budget), Some(deadline)) => Some(budget.min(deadline)),
+        (budget, deadline) => budget.or(deadline),
+    }
+}
+
+/// Why a rule's requests are held until their body is read: a router control header
+/// or the first attempt depends on what the body says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hold {
+    /// `cooldown_failures`: the first attempt may have to send another model.
+    Cooldowns,
+    /// `budget_ms`: it limits a non-streamed request's route timeout, not a stream's.
+    Budget,
+    /// `first_byte_timeout_ms` differs from `attempt_timeout_ms`: the per-try limit
+    /// depends on `stream`.
+    StreamTimeouts,
+    /// `providers`: the first attempt's path and key depend on the chain.
+    Providers,
+}
+
 /// The router control header values for one settings block, computed once at
 /// configure time.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -668,6 +694,11 @@ pub struct RouterControl {
     /// Per-attempt limits: (non-streamed, streamed).
     attempt_timeout_ms: Option<u64>,
     first_byte_timeout_ms: Option<u64>,
+    /// The most retries a plan of these settings can use with the configured chains:
+    /// a request sent on before its body is read gets this many.
+    max_retries_bound: usize,
+    /// Why requests are held until their body is read; `None`: they never are.
+    pub hold: Option<Hold>,
 }
 
 impl RouterControl {
@@ -678,45 +709,102 @@ impl RouterControl {
         if settings.fallback_on_reset {
             retry_on.push_str(",reset,connect-failure,refused-stream");
         }
+        let first_byte_timeout_ms = settings
+            .budget
+            .first_byte_timeout_ms
+            .or(settings.budget.attempt_timeout_ms);
+        let longest = |chains: &BTreeMap<String, Vec<ChainEntry>>, default: &[ChainEntry]| {
+            chains
+                .values()
+                .map(Vec::len)
+                .fold(default.len(), usize::max)
+        };
+        let max_retries_bound = longest(&settings.chains, &settings.default_chain)
+            + longest(&settings.context_chains, &settings.default_context_chain)
+            + longest(
+                &settings.content_policy_chains,
+                &settings.default_content_policy_chain,
+            );
+        let hold = if settings.cooldown.failures > 0 {
+            Some(Hold::Cooldowns)
+        } else if settings.budget.total_ms.is_some() {
+            Some(Hold::Budget)
+        } else if first_byte_timeout_ms != settings.budget.attempt_timeout_ms {
+            Some(Hold::StreamTimeouts)
+        } else if !settings.providers.is_empty() {
+            Some(Hold::Providers)
+        } else {
+            None
+        };
         RouterControl {
             retry_on,
             budget_ms: settings.budget.total_ms,
             attempt_timeout_ms: settings.budget.attempt_timeout_ms,
-            first_byte_timeout_ms: settings
-                .budget
-                .first_byte_timeout_ms
-                .or(settings.budget.attempt_timeout_ms),
+            first_byte_timeout_ms,
+            max_retries_bound,
+            hold,
         }
     }
 
     /// The headers that make the router try the plan's models within its budget.
     pub fn headers(&self, plan: &Plan) -> Vec<(&'static str, String)> {
+        self.control_headers(plan.max_retries(), plan.stream, plan.budget_ms)
+    }
+
+    /// The headers for a request sent on before its body is read (`hold` is `None`):
+    /// as many retries as the longest chain (or the client's chain) can use; the
+    /// attempt role asks for no more than the plan has.
+    pub fn headers_before_body(
+        &self,
+        client_chain_len: Option<usize>,
+        client_deadline_ms: Option<u64>,
+    ) -> Vec<(&'static str, String)> {
+        let max_retries = match client_chain_len {
+            Some(len) => self.max_retries_bound.max(len),
+            None => self.max_retries_bound,
+        };
+        let budget_ms = effective_budget_ms(self.budget_ms, client_deadline_ms);
+        // Without a hold, `stream` changes no header: the per-try limits are equal
+        // and no configured budget sets the request timeout.
+        self.control_headers(max_retries, false, budget_ms)
+    }
+
+    fn control_headers(
+        &self,
+        max_retries: usize,
+        stream: bool,
+        budget_ms: Option<u64>,
+    ) -> Vec<(&'static str, String)> {
         let mut headers = vec![
             ("x-envoy-retry-on", self.retry_on.clone()),
-            ("x-envoy-max-retries", plan.max_retries().to_string()),
+            ("x-envoy-max-retries", max_retries.to_string()),
             ("x-envoy-retriable-header-names", RETRY_HEADER.to_string()),
         ];
         // Envoy's route timeout covers the whole response, a stream's too: a stream
         // keeps the route's, and its budget is checked as each attempt starts.
-        let configured_budget = self.budget_ms.and(plan.budget_ms);
-        if let (Some(budget), false) = (configured_budget, plan.stream) {
+        let configured_budget = self.budget_ms.and(budget_ms);
+        if let (Some(budget), false) = (configured_budget, stream) {
             headers.push(("x-envoy-upstream-rq-timeout-ms", budget.to_string()));
         }
-        if let Some(limit) = self.per_try_timeout_ms(plan) {
+        if let Some(limit) = self.per_try_limit_ms(stream, budget_ms) {
             headers.push(("x-envoy-upstream-rq-per-try-timeout-ms", limit.to_string()));
         }
         headers
     }
 
-    /// How long the router gives each attempt for its answer's headers.
+    /// How long the router gives each attempt of the plan for its answer's headers.
     pub fn per_try_timeout_ms(&self, plan: &Plan) -> Option<u64> {
-        let per_attempt = if plan.stream {
+        self.per_try_limit_ms(plan.stream, plan.budget_ms)
+    }
+
+    fn per_try_limit_ms(&self, stream: bool, budget_ms: Option<u64>) -> Option<u64> {
+        let per_attempt = if stream {
             self.first_byte_timeout_ms
         } else {
             self.attempt_timeout_ms
         };
         // A client's deadline alone limits each attempt, inside the route's timeout.
-        match (per_attempt, plan.budget_ms) {
+        match (per_attempt, budget_ms) {
             (Some(limit), Some(budget)) => Some(limit.min(budget)),
             (None, Some(budget)) if self.budget_ms.is_none() => Some(budget),
             (limit, _) => limit,

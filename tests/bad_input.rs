@@ -434,10 +434,12 @@ async fn body_over_envoys_default_buffer_under_the_limits_is_still_retried() {
 }
 
 #[tokio::test]
-async fn envoy_buffer_limit_below_the_filters_limit_gets_envoys_413() {
+async fn a_body_over_envoys_buffer_limit_says_its_fallback_was_cut_short() {
     // A misconfiguration: the virtual host without request_body_buffer_limit keeps
-    // Envoy's 1 MiB, below the filter's default 4 MiB. Envoy itself refuses the body
-    // while the gateway buffers it, before any attempt: no retry is lost silently.
+    // Envoy's 1 MiB, below the filter's default 4 MiB. The request is sent on as it
+    // arrives, so Envoy gives up the retry copy past 1 MiB (its
+    // retry_or_shadow_abandoned stat); the client's error says the next model could
+    // not be tried, and why it may be.
     let mock = Mock::start();
     let mut config = example_config(mock.port(), &plugin());
     let virtual_host = &mut connection_manager(&mut config)["route_config"]["virtual_hosts"][0];
@@ -448,11 +450,18 @@ async fn envoy_buffer_limit_below_the_filters_limit_gets_envoys_413() {
         .expect("the example sets request_body_buffer_limit");
     let envoy = Envoy::start(&config);
     let answer = post(&envoy, big_body(2 * 1024 * 1024)).await;
-    assert_eq!(answer.status, 413);
-    assert_eq!(answer.content_type, "text/plain");
-    assert_eq!(answer.text(), "Payload Too Large");
-    assert!(mock.requests().is_empty());
-    assert_eq!(envoy.stat("cluster.provider.retry_or_shadow_abandoned"), 0);
+    assert_eq!(answer.status, 502);
+    let message = answer.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("Envoy could not try the next one")
+            && message.contains("request_body_buffer_limit"),
+        "{message}"
+    );
+    assert_eq!(mock.requests().len(), 1);
+    assert_eq!(envoy.stat("cluster.provider.retry_or_shadow_abandoned"), 1);
     assert_still_serving(&envoy, &mock).await;
 }
 

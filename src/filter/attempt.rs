@@ -29,6 +29,8 @@ pub struct Attempt {
     planned: Option<Planned>,
     /// The model value to replace in this attempt's body, once enough of it arrived.
     pending_rewrite: Option<Rewrite>,
+    /// When this first attempt started, while it waits for the plan.
+    first_without_plan: Option<u64>,
     response: Response,
 }
 
@@ -79,6 +81,7 @@ impl Attempt {
             host,
             planned: None,
             pending_rewrite: None,
+            first_without_plan: None,
             response: Response::Idle,
         }
     }
@@ -353,17 +356,43 @@ impl Attempt {
                 warn!("#{} cannot remove {name} ({status:?})", self.id);
             }
         }
-        let Some(plan) = self
-            .host
-            .property(&[PLAN_PROPERTY])
-            .and_then(|bytes| Plan::decode(&bytes))
-        else {
+        let now = self.host.now_ms();
+        let Some(plan) = self.read_plan() else {
+            if attempt == 1 {
+                // The gateway sent the request on before its body: the plan comes
+                // with the body's end.
+                self.first_without_plan = Some(now);
+            }
             return Action::Continue;
         };
-        let now = self.host.now_ms();
+        self.start(plan, attempt, now, !end_of_stream)
+    }
+
+    fn read_plan(&self) -> Option<Plan> {
+        self.host
+            .property(&[PLAN_PROPERTY])
+            .and_then(|bytes| Plan::decode(&bytes))
+    }
+
+    /// The first attempt of a request sent on before its body was read takes up the
+    /// plan the gateway made meanwhile; it sends the body as the client wrote it.
+    fn take_up_plan(&mut self) -> Action {
+        let Some(started_ms) = self.first_without_plan.take() else {
+            return Action::Continue;
+        };
+        match self.read_plan() {
+            Some(plan) => self.start(plan, 1, started_ms, false),
+            None => Action::Continue,
+        }
+    }
+
+    /// Sets this attempt up under `plan`: its model, and its record as it starts.
+    /// `body_to_come`: the request headers are still open and a body follows, so the
+    /// model can be rewritten.
+    fn start(&mut self, plan: Plan, attempt: u32, now: u64, body_to_come: bool) -> Action {
         let step = self.step_for(&plan, attempt);
         let (step, provider, path) = self.provider_step(&plan, step);
-        if let Some(path) = path {
+        if let (Some(path), true) = (path, body_to_come) {
             // Each provider takes its own key, injected by Envoy on its cluster: the
             // client's never goes to a provider it was not meant for.
             for (name, value) in [(":path", Some(path.as_str())), ("authorization", None)] {
@@ -402,7 +431,7 @@ impl Attempt {
         if attempt > 1 {
             self.claim_probe();
         }
-        if let (Some(literal), Some(length), false) = (literal, rewritten_len, end_of_stream) {
+        if let (Some(literal), Some(length), true) = (literal, rewritten_len, body_to_come) {
             // Computed from the original length, not the header, which an earlier
             // attempt may already have changed.
             match self
@@ -427,6 +456,9 @@ impl Attempt {
     }
 
     pub fn request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if end_of_stream && self.first_without_plan.is_some() {
+            return self.take_up_plan();
+        }
         let Some(rewrite) = &self.pending_rewrite else {
             return Action::Continue;
         };
@@ -463,7 +495,18 @@ impl Attempt {
     }
 
     pub fn response_headers(&mut self, end_of_stream: bool) -> Action {
+        if self.first_without_plan.is_some() {
+            // An answer before the request's end.
+            if self.take_up_plan() == Action::Pause {
+                return Action::Pause;
+            }
+        }
         let Some(planned) = &mut self.planned else {
+            // The router may have been told to retry on the header before the body
+            // showed the request unplanned: an upstream must not trigger a retry.
+            if let Err(status) = self.host.set_response_header(RETRY_HEADER, None) {
+                warn!("#{} cannot remove {RETRY_HEADER} ({status:?})", self.id);
+            }
             return Action::Continue;
         };
         let status = self.host.response_status();

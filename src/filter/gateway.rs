@@ -15,7 +15,7 @@ use crate::outcome::{outcome, provider_message, shaped_error, Outcome, ShapedErr
 use crate::plan::{
     attempt_property, client_chain, client_turns_off, decide, AttemptRecord, BodyDecision,
     ClientChain, Plan, RequestStart, Skipped, Unprotected, CLIENT_CHAIN_HEADER, DEADLINE_HEADER,
-    PLAN_PROPERTY, RETRY_HEADER, SWITCH_HEADER,
+    MAX_ATTEMPTS, PLAN_PROPERTY, RETRY_HEADER, SWITCH_HEADER,
 };
 use crate::reply;
 use log::{debug, warn};
@@ -35,8 +35,8 @@ pub struct Gateway {
     /// The rule whose settings apply (0: the top level).
     rule: usize,
     start: Option<RequestStart>,
-    /// The request is one the gateway acts on and its body is being buffered.
-    buffering: bool,
+    /// How the request's body reaches the plan, while it is being read.
+    reading: Reading,
     plan: Option<Plan>,
     /// Set once the answer's headers came back.
     finished: Option<Finished>,
@@ -56,6 +56,20 @@ pub struct Gateway {
     api: Api,
     /// What became of the client's `x-ai-fallback-models`, if it sent one.
     client_chain: Option<ClientChain>,
+    /// The body so far, while it passes (`Reading::Passing`).
+    body: Vec<u8>,
+}
+
+/// How the gateway reads an acted-on request's body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reading {
+    /// Not (any more).
+    Done,
+    /// The headers are held and Envoy buffers the body: the router's headers depend
+    /// on it (see `RouterControl::hold`).
+    Held,
+    /// The request went on; the body is copied as it passes to the router.
+    Passing,
 }
 
 /// How the request ended, as far as its answer's headers tell.
@@ -72,7 +86,8 @@ impl Gateway {
             host,
             rule: 0,
             start: None,
-            buffering: false,
+            reading: Reading::Done,
+            body: Vec::new(),
             plan: None,
             finished: None,
             replacing_answer: false,
@@ -130,7 +145,8 @@ impl Gateway {
     }
 
     fn reject_too_large(&mut self) -> Action {
-        self.buffering = false;
+        self.reading = Reading::Done;
+        self.body = Vec::new();
         let limit = self.settings().max_body_bytes;
         debug!("#{} body over {limit} bytes: 413", self.id);
         match self.send_error(413, &reply::body_too_large(limit)) {
@@ -143,15 +159,21 @@ impl Gateway {
         }
     }
 
-    /// The whole body is buffered: plan the fallbacks and let the request go on.
+    /// The whole body is in: plan the fallbacks and let the request go on.
     fn plan(&mut self, body_size: usize) -> Action {
-        self.buffering = false;
+        let reading = std::mem::replace(&mut self.reading, Reading::Done);
         let Some(start) = self.start else {
             return Action::Continue;
         };
-        let Some(body) = self.host.body(Body::Request, 0, body_size) else {
-            warn!("#{} cannot read the buffered body", self.id);
-            return self.pass_through(Unprotected::BodyUnreadable);
+        let body = match reading {
+            Reading::Passing => std::mem::take(&mut self.body),
+            _ => match self.host.body(Body::Request, 0, body_size) {
+                Some(body) => body,
+                None => {
+                    warn!("#{} cannot read the buffered body", self.id);
+                    return self.pass_through(Unprotected::BodyUnreadable);
+                }
+            },
         };
         let cooldowns_on = self.settings().cooldown.failures > 0;
         let (host, known_models) = (self.host.as_ref(), &self.prepared.known_models);
@@ -197,16 +219,9 @@ impl Gateway {
             warn!("#{} cannot store the plan ({status:?})", self.id);
             return self.pass_through(Unprotected::PlanNotStored);
         }
-        // An answer the attempt role may have to read must not come compressed; the
-        // client's own encoding is Envoy's compressor's business.
-        if let Err(status) = self.host.set_request_header("accept-encoding", None) {
-            warn!("#{} cannot remove accept-encoding ({status:?})", self.id);
-        }
-        if let Some(router) = self.prepared.routers.get(self.rule) {
-            for (name, value) in router.headers(&plan) {
-                if let Err(status) = self.host.set_request_header(name, Some(&value)) {
-                    warn!("#{} cannot set {name} ({status:?})", self.id);
-                }
+        if reading == Reading::Held {
+            if let Some(router) = self.prepared.routers.get(self.rule) {
+                self.control_router(router.headers(&plan));
             }
         }
         debug!(
@@ -219,11 +234,25 @@ impl Gateway {
         Action::Continue
     }
 
+    /// Sets the router's control headers, and removes what would make the answer
+    /// unreadable: an answer the attempt role may have to read must not come
+    /// compressed (the client's own encoding is Envoy's compressor's business).
+    fn control_router(&self, headers: Vec<(&'static str, String)>) {
+        if let Err(status) = self.host.set_request_header("accept-encoding", None) {
+            warn!("#{} cannot remove accept-encoding ({status:?})", self.id);
+        }
+        for (name, value) in headers {
+            if let Err(status) = self.host.set_request_header(name, Some(&value)) {
+                warn!("#{} cannot set {name} ({status:?})", self.id);
+            }
+        }
+    }
+
     /// The records the attempts left, in order; the attempt role is their only
     /// writer, and an attempt refused for lack of time, which never reached a
     /// provider, is left out (`true` when there was one).
-    fn attempt_records(&self, plan: &Plan) -> (Vec<AttemptRecord>, bool) {
-        let mut records: Vec<AttemptRecord> = (1..=plan.max_retries() as u32 + 1)
+    fn attempt_records(&self) -> (Vec<AttemptRecord>, bool) {
+        let mut records: Vec<AttemptRecord> = (1..=MAX_ATTEMPTS)
             .map_while(|attempt| {
                 self.host
                     .property(&[&attempt_property(attempt)])
@@ -241,7 +270,7 @@ impl Gateway {
     /// message from `final_body` if it has one; `None` for other outcomes.
     fn shaped_error(&self, final_body: &[u8]) -> Option<ShapedError> {
         let (plan, finished) = (self.plan.as_ref()?, self.finished.as_ref()?);
-        let (mut records, _) = self.attempt_records(plan);
+        let (mut records, _) = self.attempt_records();
         if let Some(last) = records.last_mut() {
             if last.error_excerpt.is_none() {
                 last.error_excerpt = provider_message(final_body);
@@ -315,7 +344,7 @@ impl Gateway {
             .property_text(&["request", "id"])
             .unwrap_or_default();
         let records = match &self.plan {
-            Some(plan) => self.attempt_records(plan).0,
+            Some(_) => self.attempt_records().0,
             None => Vec::new(),
         };
         let mut outcome = match &self.finished {
@@ -513,48 +542,87 @@ impl Gateway {
         if let Some(start) = &mut self.start {
             start.client_deadline_ms = client_deadline_ms;
         }
-        // Hold the headers: the router reads its retry headers when it gets them, and
-        // they depend on the model, which is in the body.
-        self.buffering = true;
-        Action::Pause
+        let Some(router) = self.prepared.routers.get(self.rule) else {
+            return Action::Continue;
+        };
+        if let Some(hold) = router.hold {
+            // Hold the headers: the router reads its control headers when it gets
+            // them, and under this rule they depend on the body.
+            debug!("#{} held until its body is read ({hold:?})", self.id);
+            self.reading = Reading::Held;
+            return Action::Pause;
+        }
+        // The router starts the first attempt now, with as many retries as the
+        // rule's longest chain; the plan, made when the body has passed, says which
+        // of them this request uses.
+        let client_chain_len = match &self.client_chain {
+            Some(ClientChain::Used(entries)) => Some(entries.len()),
+            _ => None,
+        };
+        self.control_router(router.headers_before_body(client_chain_len, client_deadline_ms));
+        self.reading = Reading::Passing;
+        Action::Continue
     }
 
     pub fn request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if !self.buffering {
-            return Action::Continue;
-        }
-        if body_size > self.settings().max_body_bytes {
-            return self.reject_too_large();
-        }
-        if !end_of_stream {
-            return Action::Pause;
+        match self.reading {
+            Reading::Done => return Action::Continue,
+            Reading::Held => {
+                if body_size > self.settings().max_body_bytes {
+                    return self.reject_too_large();
+                }
+                if !end_of_stream {
+                    return Action::Pause;
+                }
+            }
+            Reading::Passing => {
+                // Without a hold `body_size` is this chunk's.
+                if self.body.len().saturating_add(body_size) > self.settings().max_body_bytes {
+                    return self.reject_too_large();
+                }
+                if body_size > 0 {
+                    match self.host.body(Body::Request, 0, body_size) {
+                        Some(chunk) => self.body.extend_from_slice(&chunk),
+                        None => {
+                            warn!("#{} cannot read the body", self.id);
+                            self.reading = Reading::Done;
+                            self.body = Vec::new();
+                            return self.pass_through(Unprotected::BodyUnreadable);
+                        }
+                    }
+                }
+                if !end_of_stream {
+                    return Action::Continue;
+                }
+            }
         }
         self.plan(body_size)
     }
 
     pub fn request_trailers(&mut self) -> Action {
-        if self.buffering {
+        if self.reading != Reading::Done {
             // Trailers on a JSON request are too rare to plan for; nothing is lost by
             // sending it on without fallbacks.
-            self.buffering = false;
+            self.reading = Reading::Done;
+            self.body = Vec::new();
             return self.pass_through(Unprotected::Trailers);
         }
         Action::Continue
     }
 
     pub fn response_headers(&mut self, end_of_stream: bool) -> Action {
-        let Some(plan) = &self.plan else {
+        if self.plan.is_none() {
             if end_of_stream {
                 self.write_record();
             }
             return Action::Continue;
-        };
+        }
         // Present only when the router could not retry (a circuit breaker): the
         // client must not see it.
         if let Err(status) = self.host.set_response_header(RETRY_HEADER, None) {
             warn!("#{} cannot remove {RETRY_HEADER} ({status:?})", self.id);
         }
-        let (records, budget_refused) = self.attempt_records(plan);
+        let (records, budget_refused) = self.attempt_records();
         let status = self.host.response_status();
         // Envoy's own replies are failures: a success needs no look at their details.
         let details = if status < 400 {

@@ -20,6 +20,13 @@ use std::rc::Rc;
 const CONFIG: &str = r#"{"chains": {"a": ["b", "c"]}, "cooldown_failures": 1,
     "response_headers": true}"#;
 
+/// The same without cooldowns: nothing holds the request, the first attempt starts
+/// before the body has passed the gateway.
+const PASSING: &str = r#"{"chains": {"a": ["b", "c"]}, "response_headers": true}"#;
+
+/// Both ways a request reaches the router.
+const BOTH: [&str; 2] = [CONFIG, PASSING];
+
 const NOT_UTF8: &[u8] = b"\xff\xfe\xe9";
 
 /// One upstream answer.
@@ -143,6 +150,19 @@ impl Envoy {
         if self.sent() > 0 {
             return self.local_reply(run);
         }
+        // Headers that go on start the router's first attempt before the body.
+        let mut first_attempt = None;
+        let mut max_retries = 0;
+        if headers_action == Action::Continue {
+            max_retries = self.router_starts();
+            let mut upstream = Attempt::new(2, self.prepared.clone(), self.host());
+            self.start_attempt(1, body);
+            upstream.request_headers(false);
+            if self.sent() > 0 {
+                return self.local_reply(run);
+            }
+            first_attempt = Some(upstream);
+        }
         let body_action = gateway.request_body(body.len(), true);
         if self.sent() > 0 {
             return self.local_reply(run);
@@ -151,30 +171,21 @@ impl Envoy {
             run.held = true;
             return run;
         }
-        let max_retries = self.router_takes("x-envoy-max-retries").unwrap_or(0);
-        for name in [
-            "x-envoy-retry-on",
-            "x-envoy-retriable-header-names",
-            "x-envoy-upstream-rq-timeout-ms",
-            "x-envoy-upstream-rq-per-try-timeout-ms",
-        ] {
-            self.router_takes(name);
+        if first_attempt.is_none() {
+            max_retries = self.router_starts();
         }
         let sent_body = self.host.state.borrow().request_body.clone();
         let mut from_upstream = true;
         for attempt in 1..=max_retries + 1 {
-            let mut upstream = Attempt::new(2, self.prepared.clone(), self.host());
-            {
-                let mut state = self.host.state.borrow_mut();
-                let count = attempt.to_string().into_bytes();
-                state
-                    .request_headers
-                    .insert(ATTEMPT_COUNT_HEADER.to_string(), count);
-                state.request_body = sent_body.clone();
-                state.response_headers.clear();
-                state.response_body.clear();
-            }
-            upstream.request_headers(false);
+            let mut upstream = match first_attempt.take() {
+                Some(upstream) => upstream,
+                None => {
+                    let mut upstream = Attempt::new(2, self.prepared.clone(), self.host());
+                    self.start_attempt(attempt, &sent_body);
+                    upstream.request_headers(false);
+                    upstream
+                }
+            };
             if self.sent() > 0 {
                 from_upstream = false;
                 break;
@@ -267,6 +278,32 @@ impl Envoy {
         run
     }
 
+    /// The router takes its control headers and starts; the retries it may make.
+    fn router_starts(&self) -> u32 {
+        let max_retries = self.router_takes("x-envoy-max-retries").unwrap_or(0);
+        for name in [
+            "x-envoy-retry-on",
+            "x-envoy-retriable-header-names",
+            "x-envoy-upstream-rq-timeout-ms",
+            "x-envoy-upstream-rq-per-try-timeout-ms",
+        ] {
+            self.router_takes(name);
+        }
+        max_retries
+    }
+
+    /// A fresh attempt's view: its number, a copy of the body, no answer yet.
+    fn start_attempt(&self, attempt: u32, body: &[u8]) {
+        let mut state = self.host.state.borrow_mut();
+        let count = attempt.to_string().into_bytes();
+        state
+            .request_headers
+            .insert(ATTEMPT_COUNT_HEADER.to_string(), count);
+        state.request_body = body.to_vec();
+        state.response_headers.clear();
+        state.response_body.clear();
+    }
+
     /// Lets the clock run to the body's arrival, ticking as Envoy would.
     fn wait_for_body(&self) {
         let Some(delay) = self.body_delay_ms else {
@@ -328,7 +365,13 @@ fn assert_sound(run: &Run, what: &str) {
 
 #[test]
 fn a_502_falls_back_and_the_record_says_so() {
-    let envoy = envoy(CONFIG);
+    for config in BOTH {
+        a_502_falls_back_under(config);
+    }
+}
+
+fn a_502_falls_back_under(config: &str) {
+    let envoy = envoy(config);
     let body = chat("a");
     let run = envoy.run(request_headers(&body), &body, &[bad_gateway(), ok("b")]);
     assert_sound(&run, "fallback");
@@ -350,32 +393,95 @@ fn a_502_falls_back_and_the_record_says_so() {
 
 #[test]
 fn every_model_failing_gets_one_json_error() {
-    let envoy = envoy(CONFIG);
-    let body = chat("a");
-    let run = envoy.run(request_headers(&body), &body, &[bad_gateway()]);
-    assert_sound(&run, "exhausted");
-    assert_eq!(run.models, ["a", "b", "c"]);
-    assert_eq!(run.client_status, 502);
-    let error = run.client_json().unwrap();
-    assert_eq!(error["error"]["code"], "fallbacks_exhausted");
-    assert_eq!(envoy.record().unwrap()["outcome"], "exhausted");
+    for config in BOTH {
+        let envoy = envoy(config);
+        let body = chat("a");
+        let run = envoy.run(request_headers(&body), &body, &[bad_gateway()]);
+        assert_sound(&run, "exhausted");
+        assert_eq!(run.models, ["a", "b", "c"], "{config}");
+        assert_eq!(run.client_status, 502);
+        let error = run.client_json().unwrap();
+        assert_eq!(error["error"]["code"], "fallbacks_exhausted");
+        assert_eq!(envoy.record().unwrap()["outcome"], "exhausted");
+    }
+}
+
+/// Without a hold the router is told the longest chain's retries before the body
+/// shows the model; a model without a chain must still get no retry.
+#[test]
+fn an_unplanned_body_gets_no_retry_though_the_router_was_told_some() {
+    let envoy = envoy(PASSING);
+    let body = chat("other");
+    let mut forged = bad_gateway();
+    forged
+        .headers
+        .push((RETRY_HEADER, b"failure_status".to_vec()));
+    let run = envoy.run(request_headers(&body), &body, &[forged, ok("b")]);
+    assert_sound(&run, "unplanned");
+    assert_eq!(run.models, ["other"], "sent once, as it came");
+    assert_eq!(run.client_status, 502, "the answer as it came");
+    assert!(!envoy.response_has(RETRY_HEADER));
+    let record = envoy.record().unwrap();
+    assert_eq!(record["outcome"], "passthrough");
+}
+
+/// The gateway holds a request only when its rule needs the body first.
+#[test]
+fn only_rules_that_need_the_body_first_hold_the_request() {
+    // Configuration, and the router's retries set before the body (`None`: the
+    // request is held, they come with the plan).
+    let cases = [
+        (PASSING, Some(2)),
+        (CONFIG, None),
+        (r#"{"chains": {"a": ["b"]}, "budget_ms": 5000}"#, None),
+        (
+            r#"{"chains": {"a": ["b"]}, "attempt_timeout_ms": 900, "first_byte_timeout_ms": 300}"#,
+            None,
+        ),
+        (
+            r#"{"chains": {"a": ["b"]}, "attempt_timeout_ms": 900}"#,
+            Some(1),
+        ),
+        (
+            r#"{"chains": {"a": ["b"], "x": ["y", "z", "w"]}, "context_chains": {"a": ["big"]}}"#,
+            Some(4),
+        ),
+    ];
+    for (config, retries_before_body) in cases {
+        let envoy = envoy(config);
+        let body = chat("a");
+        envoy.host.state.borrow_mut().request_headers = request_headers(&body)
+            .into_iter()
+            .map(|(name, value)| (name.to_string(), value))
+            .collect();
+        let mut gateway = Gateway::new(1, envoy.prepared.clone(), envoy.host());
+        let expected = match retries_before_body {
+            Some(_) => Action::Continue,
+            None => Action::Pause,
+        };
+        assert_eq!(gateway.request_headers(false), expected, "{config}");
+        let max_retries = envoy.router_takes("x-envoy-max-retries");
+        assert_eq!(max_retries, retries_before_body, "{config}");
+    }
 }
 
 #[test]
 fn a_stream_cut_after_content_is_recorded_truncated() {
-    let envoy = envoy(CONFIG);
-    let body = br#"{"model":"a","stream":true,"messages":[]}"#;
-    let cut = answer(200, "text/event-stream", "data: {\"choices\":[]}\n\n");
-    let run = envoy.run(request_headers(body), body, &[cut]);
-    assert!(!run.held);
-    assert!(
-        run.client_body.ends_with(b"\n\n") && run.client_body.len() > 25,
-        "an error event was added: {:?}",
-        String::from_utf8_lossy(&run.client_body)
-    );
-    let record = envoy.record().unwrap();
-    assert_eq!(record["outcome"], "truncated");
-    assert!(record["attempts"][0]["end_ms"].is_u64());
+    for config in BOTH {
+        let envoy = envoy(config);
+        let body = br#"{"model":"a","stream":true,"messages":[]}"#;
+        let cut = answer(200, "text/event-stream", "data: {\"choices\":[]}\n\n");
+        let run = envoy.run(request_headers(body), body, &[cut]);
+        assert!(!run.held);
+        assert!(
+            run.client_body.ends_with(b"\n\n") && run.client_body.len() > 25,
+            "an error event was added: {:?}",
+            String::from_utf8_lossy(&run.client_body)
+        );
+        let record = envoy.record().unwrap();
+        assert_eq!(record["outcome"], "truncated", "{config}");
+        assert!(record["attempts"][0]["end_ms"].is_u64());
+    }
 }
 
 #[test]
@@ -412,8 +518,11 @@ fn headers_that_are_not_utf8_count_as_absent() {
         "x-request-id",
         ATTEMPT_COUNT_HEADER,
     ];
-    for name in request_cases {
-        let envoy = envoy(CONFIG);
+    for (name, config) in request_cases
+        .into_iter()
+        .flat_map(|name| BOTH.map(|config| (name, config)))
+    {
+        let envoy = envoy(config);
         let body = chat("a");
         let mut headers = request_headers(&body);
         headers.retain(|(header, _)| *header != name);
@@ -466,12 +575,26 @@ fn every_failing_host_call_leaves_the_request_sound() {
     let timed = r#"{"chains": {"a": ["b", "c"]}, "attempt_timeout_ms": 1000}"#;
     // What, configuration, body, answers, and how late the answers' bodies come.
     type Case<'a> = (&'a str, &'a str, &'a [u8], Vec<Answer>, Option<u64>);
-    let cases: [Case; 6] = [
+    let cases: [Case; 8] = [
         (
             "fallback",
             CONFIG,
             &body,
             vec![bad_gateway(), ok("b")],
+            None,
+        ),
+        (
+            "fallback without a hold",
+            PASSING,
+            &body,
+            vec![bad_gateway(), ok("b")],
+            None,
+        ),
+        (
+            "stream without a hold",
+            PASSING,
+            &stream,
+            vec![bad_gateway(), sse.clone()],
             None,
         ),
         ("exhausted", CONFIG, &body, vec![bad_gateway()], None),

@@ -89,6 +89,19 @@ bench: build $(OHA) ## side-by-side benchmark -> results/bench.md, .svg, README 
 	cargo build --release -p bench
 	target/release/bench
 
+# The ablation table (results/ablation.md): one bench-only build per part switched off
+# (the crate's ablate-* features), each measured in its own Envoy. BENCH_QUICK=1: one round.
+ABLATE_PARTS := record stats usage inspect plan attempt
+.PHONY: bench-ablation
+
+bench-ablation: build $(OHA) ## what each part of the filter costs, by switching it off in bench-only builds -> results/ablation.md
+	cargo build --locked --release --target wasm32-wasip1 --manifest-path bench/noop-wasm/Cargo.toml --target-dir target/noop-wasm
+	for part in $(ABLATE_PARTS); do \
+	  CARGO_TARGET_DIR=target/ablate-$$part cargo build --locked --release --target wasm32-wasip1 -p ai-fallback --features ablate-$$part || exit 1; \
+	done
+	cargo build --release -p bench
+	target/release/bench --ablation
+
 # The load tool, built from crates.io into .tools on first use (a few minutes).
 $(OHA):
 	cargo install --locked --root .tools --version $(OHA_VERSION) oha

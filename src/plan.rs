@@ -48,15 +48,9 @@ pub const SWITCH_HEADER: &str = "x-ai-fallback";
 /// what `client_chains.allow` permits.
 pub const CLIENT_CHAIN_HEADER: &str = "x-ai-fallback-models";
 
-/// Request headers for Envoy and the filter alone that reach the attempt role (the
-/// router removes the retry and timeout headers it reads): the attempt role removes
-/// them from every request, acted on or not, so no provider sees them.
-pub const HEADERS_FOR_ENVOY_ONLY: [&str; 4] = [
-    ATTEMPT_COUNT_HEADER,
-    DEADLINE_HEADER,
-    SWITCH_HEADER,
-    CLIENT_CHAIN_HEADER,
-];
+/// The client's headers to the filter: the gateway reads them and removes them from
+/// every request, acted on or not, so no provider sees them.
+pub const CLIENT_HEADERS: [&str; 3] = [DEADLINE_HEADER, SWITCH_HEADER, CLIENT_CHAIN_HEADER];
 
 /// Whether a client's `x-ai-fallback` header turns fallbacks off.
 pub fn client_turns_off(value: &[u8]) -> bool {

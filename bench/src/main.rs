@@ -7,6 +7,7 @@
 //! Writes results/bench.md, results/bench.svg, results/bench.json and the README's
 //! Performance section.
 
+mod ablation;
 mod envoy_config;
 mod oha;
 mod payload;
@@ -231,14 +232,16 @@ struct Args {
     readme: PathBuf,
     quick: bool,
     report_only: bool,
+    ablation: bool,
 }
 
 const USAGE: &str =
-    "usage: bench [--quick | --report-only] [--envoy BIN] [--oha BIN] [--mock BIN] [--wasm FILE]
+    "usage: bench [--quick | --report-only | --ablation] [--envoy BIN] [--oha BIN] [--mock BIN] [--wasm FILE]
              [--noop-wasm FILE] [--example envoy.yaml] [--out DIR] [--rewrite-json FILE]
              [--readme README.md]
 Run from the repository root (make bench). BENCH_QUICK=1 is --quick. --report-only
-writes the report again from OUT/bench.json, without measuring.
+writes the report again from OUT/bench.json, without measuring. --ablation measures
+the ablate-* builds (make bench-ablation) -> OUT/ablation.md.
 BENCH_ENVOY_CPUS / BENCH_LOAD_CPUS choose the CPUs (taskset lists; default 0 and 1).";
 
 fn parse_args() -> Result<Args, String> {
@@ -255,6 +258,7 @@ fn parse_args() -> Result<Args, String> {
         readme: PathBuf::from("README.md"),
         quick: env_quick,
         report_only: false,
+        ablation: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -266,6 +270,7 @@ fn parse_args() -> Result<Args, String> {
         match flag.as_str() {
             "--quick" => args.quick = true,
             "--report-only" => args.report_only = true,
+            "--ablation" => args.ablation = true,
             "--envoy" => args.envoy = value()?,
             "--oha" => args.oha = value()?,
             "--mock" => args.mock = value()?,
@@ -314,6 +319,8 @@ fn main() -> ExitCode {
     };
     let result = if args.report_only {
         report_again(&args)
+    } else if args.ablation {
+        run_ablation(&args)
     } else {
         run(&args)
     };
@@ -324,6 +331,38 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run_ablation(args: &Args) -> Result<(), String> {
+    let (nproc, cpu_model) = system::machine();
+    let (envoy_cpus, load_cpus) = cpu_sets(nproc);
+    let tmp = args.out.join("tmp");
+    std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    let mock = Mock::start(&args.mock, load_cpus.as_deref())?;
+    let oha = Oha {
+        bin: &args.oha,
+        cpus: load_cpus.as_deref(),
+    };
+    let setup = ablation::Setup {
+        envoy_bin: &args.envoy,
+        oha: &oha,
+        mock: &mock,
+        example: &args.example,
+        noop_wasm: &args.noop_wasm,
+        envoy_cpus: envoy_cpus.as_deref(),
+        tmp: &tmp,
+        rounds: if args.quick { 1 } else { 3 },
+        requests: if args.quick { 2000 } else { 10000 },
+    };
+    let commit = command_line("git", &["rev-parse", "--short", "HEAD"]);
+    let header = format!(
+        "{} on {nproc} CPUs ({cpu_model}), Envoy 1.40.0, filter at {commit}; Envoy on CPU {}, \
+         oha and the mock on CPU {}.",
+        command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        envoy_cpus.as_deref().unwrap_or("any"),
+        load_cpus.as_deref().unwrap_or("any"),
+    );
+    ablation::run(&setup, &args.out, &header)
 }
 
 fn report_again(args: &Args) -> Result<(), String> {
@@ -654,7 +693,7 @@ fn measure(
 
 /// Envoy as the bench runs it: one worker, a quiet log, on the bench's Envoy CPUs,
 /// its config and log kept in `dir`.
-fn start_envoy(
+pub fn start_envoy(
     bin: &Path,
     config: &serde_json::Value,
     dir: &Path,

@@ -13,8 +13,8 @@ use crate::classify::{
 use crate::cooldown::{health_key, retry_after_ms};
 use crate::outcome::provider_message;
 use crate::plan::{
-    attempt_property, AttemptRecord, Lane, Plan, Step, ATTEMPT_COUNT_HEADER,
-    HEADERS_FOR_ENVOY_ONLY, PLAN_PROPERTY, RETRY_HEADER,
+    attempt_property, AttemptRecord, Lane, Plan, Step, ATTEMPT_COUNT_HEADER, PLAN_PROPERTY,
+    RETRY_HEADER,
 };
 use log::{debug, warn};
 use proxy_wasm::types::Action;
@@ -326,13 +326,17 @@ impl Attempt {
         }
     }
 
-    /// The answer ended: its record is complete.
+    /// The answer ended. A success's end is the gateway's to note (it sees the
+    /// same end): its record is written again only when the stream was cut short.
     fn answer_ended(&mut self) {
         let Some(planned) = &mut self.planned else {
             return;
         };
         planned.record.end_ms = Some(self.host.now_ms().saturating_sub(planned.record.start_ms));
-        self.write_record();
+        let success = planned.record.class.as_deref() == Some(Class::Success.name());
+        if !success || planned.record.truncated {
+            self.write_record();
+        }
     }
 
     pub fn request_headers(&mut self, end_of_stream: bool) -> Action {
@@ -348,16 +352,22 @@ impl Attempt {
                     .property_u64(&["upstream", "request_attempt_count"])
             })
             .unwrap_or(1);
-        // The router removed the control headers it read; providers must not see
-        // these either. Removing is idempotent, which matters: attempts share one
-        // header map.
-        for name in HEADERS_FOR_ENVOY_ONLY {
-            if let Err(status) = self.host.set_request_header(name, None) {
-                warn!("#{} cannot remove {name} ({status:?})", self.id);
-            }
+        // The router removed the control headers it read, the gateway the client's;
+        // this one the router adds to each attempt. Removing is idempotent, which
+        // matters: attempts share one header map.
+        if let Err(status) = self.host.set_request_header(ATTEMPT_COUNT_HEADER, None) {
+            warn!(
+                "#{} cannot remove {ATTEMPT_COUNT_HEADER} ({status:?})",
+                self.id
+            );
         }
         let now = self.host.now_ms();
-        let Some(plan) = self.read_plan() else {
+        // Only a held request can have its plan before its first attempt.
+        let plan = match attempt {
+            1 if !self.prepared.holds_some => None,
+            _ => self.read_plan(),
+        };
+        let Some(plan) = plan else {
             if attempt == 1 {
                 // The gateway sent the request on before its body: the plan comes
                 // with the body's end.
@@ -538,6 +548,10 @@ impl Attempt {
                 };
                 self.conclude(class, None);
                 self.answer_ended();
+                Action::Continue
+            }
+            HeaderVerdict::Inspect(_) if cfg!(feature = "ablate-inspect") => {
+                self.conclude(uninspected(status), None);
                 Action::Continue
             }
             HeaderVerdict::Inspect(kind) => {

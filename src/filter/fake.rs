@@ -75,6 +75,8 @@ pub struct State {
     pub failing: BTreeSet<Call>,
     /// Kinds of call made so far.
     pub made: BTreeSet<Call>,
+    /// Calls made so far, in order.
+    pub log: Vec<Call>,
 }
 
 #[derive(Default)]
@@ -87,6 +89,7 @@ impl FakeHost {
     fn call(&self, call: Call) -> bool {
         let mut state = self.state.borrow_mut();
         state.made.insert(call);
+        state.log.push(call);
         state.failing.contains(&call)
     }
 

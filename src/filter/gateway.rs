@@ -9,13 +9,14 @@ use crate::access::{
     FINAL_MODEL_PROPERTY, OUTCOME_PROPERTY, RECORD_PROPERTY, USAGE_TAIL_BYTES,
 };
 use crate::api::Api;
+use crate::classify::Class;
 use crate::config::{RouteFacts, Settings};
 use crate::cooldown::health_key;
 use crate::outcome::{outcome, provider_message, shaped_error, Outcome, ShapedError, Source};
 use crate::plan::{
-    attempt_property, client_chain, client_turns_off, decide, AttemptRecord, BodyDecision,
-    ClientChain, Plan, RequestStart, Skipped, Unprotected, CLIENT_CHAIN_HEADER, DEADLINE_HEADER,
-    MAX_ATTEMPTS, PLAN_PROPERTY, RETRY_HEADER, SWITCH_HEADER,
+    self, attempt_property, client_turns_off, decide, AttemptRecord, BodyDecision, ClientChain,
+    Plan, RequestStart, Skipped, Unprotected, CLIENT_HEADERS, MAX_ATTEMPTS, PLAN_PROPERTY,
+    RETRY_HEADER,
 };
 use crate::reply;
 use log::{debug, warn};
@@ -58,6 +59,11 @@ pub struct Gateway {
     client_chain: Option<ClientChain>,
     /// The body so far, while it passes (`Reading::Passing`).
     body: Vec<u8>,
+    /// The attempts' records as the answer's headers found them, and whether the
+    /// last was refused for the budget; only the last can change after.
+    answered: Option<(Vec<AttemptRecord>, bool)>,
+    /// The answer's end came through.
+    answer_complete: bool,
 }
 
 /// How the gateway reads an acted-on request's body.
@@ -88,6 +94,8 @@ impl Gateway {
             start: None,
             reading: Reading::Done,
             body: Vec::new(),
+            answered: None,
+            answer_complete: false,
             plan: None,
             finished: None,
             replacing_answer: false,
@@ -252,6 +260,26 @@ impl Gateway {
     /// writer, and an attempt refused for lack of time, which never reached a
     /// provider, is left out (`true` when there was one).
     fn attempt_records(&self) -> (Vec<AttemptRecord>, bool) {
+        if let Some((records, budget_refused)) = &self.answered {
+            let mut records = records.clone();
+            // A success is written again only when its stream was cut short.
+            let settled = records.last().is_some_and(|last| {
+                last.class.as_deref() == Some(Class::Success.name())
+                    && !self.plan.as_ref().is_some_and(|plan| plan.stream)
+            });
+            if settled {
+                return (records, *budget_refused);
+            }
+            let last_attempt = u32::try_from(records.len()).unwrap_or(u32::MAX);
+            let last = self
+                .host
+                .property(&[&attempt_property(last_attempt)])
+                .and_then(|bytes| AttemptRecord::decode(&bytes));
+            if let (Some(kept), Some(last)) = (records.last_mut(), last) {
+                *kept = last;
+            }
+            return (records, *budget_refused);
+        }
         let mut records: Vec<AttemptRecord> = (1..=MAX_ATTEMPTS)
             .map_while(|attempt| {
                 self.host
@@ -335,6 +363,9 @@ impl Gateway {
             return;
         };
         self.recorded = true;
+        if cfg!(feature = "ablate-record") && cfg!(feature = "ablate-stats") {
+            return;
+        }
         let route = self
             .host
             .property_text(&["xds", "route_name"])
@@ -343,10 +374,15 @@ impl Gateway {
             .host
             .property_text(&["request", "id"])
             .unwrap_or_default();
-        let records = match &self.plan {
+        let mut records = match &self.plan {
             Some(_) => self.attempt_records().0,
             None => Vec::new(),
         };
+        let now = self.host.now_ms();
+        if let (true, Some(last)) = (self.answer_complete, records.last_mut()) {
+            // The attempt role leaves a success's end to this role, which sees it too.
+            last.end_ms = last.end_ms.or(Some(now.saturating_sub(last.start_ms)));
+        }
         let mut outcome = match &self.finished {
             Some(finished) => finished.outcome,
             None if self.plan.is_some() => Outcome::Exhausted,
@@ -362,7 +398,7 @@ impl Gateway {
             ClientChain::Used(_) => "used".to_string(),
             ClientChain::Ignored(why) => format!("ignored: {why}"),
         });
-        let elapsed_ms = self.host.now_ms().saturating_sub(start.started_ms);
+        let elapsed_ms = now.saturating_sub(start.started_ms);
         let record = AccessRecord {
             request_id: &request_id,
             route: &route,
@@ -386,6 +422,10 @@ impl Gateway {
                 .collect(),
             usage,
         };
+        if cfg!(feature = "ablate-record") {
+            self.count_stats(&route, requested, &records, outcome, usage, elapsed_ms);
+            return;
+        }
         let record = if self.prepared.typed_record {
             record.to_struct()
         } else {
@@ -405,7 +445,9 @@ impl Gateway {
                 warn!("#{} cannot write {name} ({status:?})", self.id);
             }
         }
-        self.count_stats(&route, requested, &records, outcome, usage, elapsed_ms);
+        if !cfg!(feature = "ablate-stats") {
+            self.count_stats(&route, requested, &records, outcome, usage, elapsed_ms);
+        }
     }
 
     fn count_stats(
@@ -481,7 +523,7 @@ impl Gateway {
 
     /// Keeps the last bytes of the answer for its `usage`.
     fn keep_usage_tail(&mut self, body_size: usize) {
-        if body_size == 0 {
+        if body_size == 0 || cfg!(feature = "ablate-usage") {
             return;
         }
         let start = body_size.saturating_sub(USAGE_TAIL_BYTES);
@@ -493,7 +535,19 @@ impl Gateway {
         }
     }
 
+    /// Reads the client's headers to the filter and removes those present.
+    fn take_client_headers(&self) -> [Option<Vec<u8>>; 3] {
+        CLIENT_HEADERS.map(|name| {
+            let value = self.host.header(Map::Request, name)?;
+            if let Err(status) = self.host.set_request_header(name, None) {
+                warn!("#{} cannot remove {name} ({status:?})", self.id);
+            }
+            Some(value)
+        })
+    }
+
     pub fn request_headers(&mut self, end_of_stream: bool) -> Action {
+        let [deadline, switch, client_chain] = self.take_client_headers();
         if end_of_stream {
             return Action::Continue;
         }
@@ -522,21 +576,12 @@ impl Gateway {
                 return self.pass_through(Unprotected::Compressed);
             }
         }
-        // The attempt role removes the client's headers before the request leaves.
-        let turned_off = self
-            .host
-            .header(Map::Request, SWITCH_HEADER)
-            .is_some_and(|value| client_turns_off(&value));
+        let turned_off = switch.is_some_and(|value| client_turns_off(&value));
         if turned_off {
             return self.pass_through(Unprotected::TurnedOffByClient);
         }
-        self.client_chain = self
-            .host
-            .header(Map::Request, CLIENT_CHAIN_HEADER)
-            .map(|value| client_chain(self.settings(), &value));
-        let client_deadline_ms = self
-            .host
-            .header(Map::Request, DEADLINE_HEADER)
+        self.client_chain = client_chain.map(|value| plan::client_chain(self.settings(), &value));
+        let client_deadline_ms = deadline
             .and_then(|ms| parse_number::<u64>(&ms))
             .filter(|ms| *ms > 0);
         if let Some(start) = &mut self.start {
@@ -560,7 +605,9 @@ impl Gateway {
             _ => None,
         };
         self.control_router(router.headers_before_body(client_chain_len, client_deadline_ms));
-        self.reading = Reading::Passing;
+        if !cfg!(feature = "ablate-plan") {
+            self.reading = Reading::Passing;
+        }
         Action::Continue
     }
 
@@ -611,18 +658,27 @@ impl Gateway {
     }
 
     pub fn response_headers(&mut self, end_of_stream: bool) -> Action {
+        self.answer_complete = end_of_stream;
         if self.plan.is_none() {
             if end_of_stream {
                 self.write_record();
             }
             return Action::Continue;
         }
-        // Present only when the router could not retry (a circuit breaker): the
-        // client must not see it.
-        if let Err(status) = self.host.set_response_header(RETRY_HEADER, None) {
-            warn!("#{} cannot remove {RETRY_HEADER} ({status:?})", self.id);
-        }
         let (records, budget_refused) = self.attempt_records();
+        // Present only when the last attempt asked for a retry and the router could
+        // not make it (a circuit breaker): the client must not see it.
+        let asked_for_retry = match (&self.plan, records.last()) {
+            (Some(plan), Some(last)) => last
+                .class()
+                .is_none_or(|class| plan.has_next(last.step(), class)),
+            _ => true,
+        };
+        if asked_for_retry {
+            if let Err(status) = self.host.set_response_header(RETRY_HEADER, None) {
+                warn!("#{} cannot remove {RETRY_HEADER} ({status:?})", self.id);
+            }
+        }
         let status = self.host.response_status();
         // Envoy's own replies are failures: a success needs no look at their details.
         let details = if status < 400 {
@@ -635,6 +691,7 @@ impl Gateway {
         let source = Source::from_details(&details, budget_refused);
         let outcome = outcome(&records, source, status);
         self.finished = Some(Finished { outcome, status });
+        self.answered = Some((records.clone(), budget_refused));
         if matches!(outcome, Outcome::Exhausted | Outcome::BudgetExceeded) {
             debug!("#{} {}: replacing the answer", self.id, outcome.name());
             if end_of_stream {
@@ -665,6 +722,7 @@ impl Gateway {
     }
 
     pub fn response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        self.answer_complete |= end_of_stream;
         if !self.replacing_answer {
             if self.plan.is_some() {
                 self.keep_usage_tail(body_size);

@@ -31,6 +31,8 @@ pub struct Prepared {
     pub role: Role,
     /// The router control of each settings block, in rule index order.
     pub routers: Vec<RouterControl>,
+    /// Some settings block holds requests until their body is read.
+    pub holds_some: bool,
     /// Every model the configuration names: stats use these, all others are `other`.
     pub known_models: BTreeSet<String>,
     /// Envoy metric ids by stat name, defined on first use.
@@ -44,7 +46,8 @@ pub struct Prepared {
 
 impl Prepared {
     fn new(config: Config, role: Role) -> Prepared {
-        let routers = config.all_settings().map(RouterControl::new).collect();
+        let routers: Vec<RouterControl> = config.all_settings().map(RouterControl::new).collect();
+        let holds_some = routers.iter().any(|router| router.hold.is_some());
         let known_models = config
             .all_settings()
             .flat_map(|settings| {
@@ -65,6 +68,7 @@ impl Prepared {
             config,
             role,
             routers,
+            holds_some,
             known_models,
             metrics: RefCell::new(HashMap::new()),
             deadlines: deadlines::Deadlines::default(),
@@ -204,6 +208,7 @@ mod envoy {
             };
             Some(match prepared.role {
                 Role::Gateway => Box::new(Gateway::new(context_id, prepared, host())),
+                Role::Attempt if cfg!(feature = "ablate-attempt") => Box::new(Passthrough),
                 Role::Attempt => Box::new(Attempt::new(context_id, prepared, host())),
             })
         }

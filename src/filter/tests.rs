@@ -762,3 +762,20 @@ fn a_stalled_final_body_gets_the_error_in_time() {
     assert_eq!(state.sent.len(), 1, "one answer only");
     assert_eq!(state.effective_context, Some(1), "on the gateway's stream");
 }
+
+/// What a request that succeeds at once costs in host calls, without a hold: the
+/// budget the hot path is held to (issue 15). A new call on it shows here.
+#[test]
+fn the_happy_path_makes_few_host_calls() {
+    let envoy = envoy(PASSING);
+    let body = chat("a");
+    let run = envoy.run(request_headers(&body), &body, &[ok("a")]);
+    assert_eq!(run.models, ["a"]);
+    let calls = envoy.host.state.borrow().log.clone();
+    let mut counts = std::collections::BTreeMap::new();
+    for call in &calls {
+        *counts.entry(format!("{call:?}")).or_insert(0) += 1;
+    }
+    println!("{} host calls: {counts:?}", calls.len());
+    assert!(calls.len() <= 60, "{} host calls: {counts:?}", calls.len());
+}

@@ -163,8 +163,14 @@ pub fn run(setup: &Setup<'_>, out: &Path, header: &str) -> Result<(), String> {
     let Some(&(full_happy, full_fallback, _)) = medians.first() else {
         return Err("no measurement".to_owned());
     };
-    let mut noop: Vec<f64> = medians.iter().map(|c| c.2).collect();
+    let mut noop: Vec<f64> = samples.iter().flatten().map(|c| c.2).collect();
     let noop = median(&mut noop);
+    let noop_low = samples
+        .iter()
+        .flatten()
+        .map(|c| c.2)
+        .fold(f64::INFINITY, f64::min);
+    let noop_high = samples.iter().flatten().map(|c| c.2).fold(0.0, f64::max);
     let mut text = String::new();
     let _ = writeln!(text, "# ai-fallback ablation: what each part costs\n");
     let _ = writeln!(text, "{header}\n");
@@ -177,9 +183,11 @@ pub fn run(setup: &Setup<'_>, out: &Path, header: &str) -> Result<(), String> {
          closed loop over 4 connections per figure, the median of {} rounds with the \
          builds' order rotated. Envoy's CPU per request, from its process CPU time; the \
          no-op wasm arm (the same module in both places doing nothing) is measured in \
-         the same Envoys: {noop:.0} µs per request. \"Costs\" is the full module's \
-         figure minus the row's: what that part adds. Differences under about 5% of \
-         the full figure are within the run-to-run noise of this machine.\n",
+         the same Envoys: {noop:.0} µs per request (median), from {noop_low:.0} to \
+         {noop_high:.0} µs from one Envoy to the next. That spread, for a module that \
+         does the same thing every time, is this machine's noise: a part whose cost \
+         is smaller than it is not told apart from nothing. \"Costs\" is the full \
+         module's figure minus the row's: what that part adds.\n",
         setup.requests, setup.rounds
     );
     let _ = writeln!(

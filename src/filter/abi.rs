@@ -4,7 +4,7 @@
 //! header getters unwrap UTF-8; a panic kills the worker's VM. These call the same
 //! imports and return every status as it came.
 
-use super::host::{Body, Host, Map, Shared};
+use super::host::{Body, Headers, Host, Map, Shared};
 use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, Status, StreamType};
 use std::ptr::{null, null_mut};
 
@@ -23,6 +23,11 @@ extern "C" {
         results_size: *mut usize,
     ) -> u32;
     fn proxy_get_log_level(return_level: *mut u32) -> u32;
+    fn proxy_get_header_map_pairs(
+        map_type: u32,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> u32;
     fn proxy_get_header_map_value(
         map_type: u32,
         key_data: *const u8,
@@ -209,6 +214,14 @@ impl Host for Envoy {
         status(code)
             .ok()
             .map(|()| unsafe { owned(data, size) }.unwrap_or_default())
+    }
+
+    fn headers(&self, map: Map) -> Option<Headers> {
+        let (mut data, mut size) = (null_mut(), 0usize);
+        let code = unsafe { proxy_get_header_map_pairs(map_type(map), &mut data, &mut size) };
+        status(code).ok()?;
+        let bytes = unsafe { owned(data, size) }?;
+        Headers::parse(&bytes)
     }
 
     fn set_header(&self, map: Map, name: &str, value: Option<&[u8]>) -> Result<(), Status> {

@@ -519,18 +519,17 @@ impl Attempt {
             }
             return Action::Continue;
         };
-        let status = self.host.response_status();
+        // One read for every header this role looks at.
+        let headers = self.host.headers(Map::Response).unwrap_or_default();
+        let status = headers.status();
         let record = &mut planned.record;
         record.status = Some(status);
         record.first_byte_ms = Some(self.host.now_ms().saturating_sub(record.start_ms));
-        record.retry_after = self
-            .host
-            .response_header("retry-after")
-            .filter(|value| value.len() <= RETRY_AFTER_MAX);
-        let content_type = self
-            .host
-            .response_header("content-type")
-            .unwrap_or_default();
+        record.retry_after = headers
+            .get("retry-after")
+            .filter(|value| value.len() <= RETRY_AFTER_MAX)
+            .and_then(|value| String::from_utf8(value.to_vec()).ok());
+        let content_type = headers.text("content-type").unwrap_or_default();
         let facts = planned.plan.facts();
         let classes = &self.prepared.config.settings(planned.plan.rule).classes;
         match classify_headers(classes, facts, status, &content_type) {

@@ -1,7 +1,7 @@
 //! A host in memory for unit tests of the roles: one stream's header maps, bodies,
 //! filter state and shared data, where any kind of call can be made to fail.
 
-use super::host::{Body, Host, Map, Shared};
+use super::host::{Body, Headers, Host, Map, Shared};
 use proxy_wasm::types::{LogLevel, MetricType, Status};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -141,6 +141,23 @@ impl Host for FakeHost {
             Map::Response => &state.response_headers,
         };
         headers.get(name).cloned()
+    }
+
+    fn headers(&self, map: Map) -> Option<Headers> {
+        if self.call(Call::Header) {
+            return None;
+        }
+        let state = self.state.borrow();
+        let headers = match map {
+            Map::Request => &state.request_headers,
+            Map::Response => &state.response_headers,
+        };
+        let pairs = headers.iter();
+        Some(Headers(
+            pairs
+                .map(|(name, value)| (name.as_bytes().to_vec(), value.clone()))
+                .collect(),
+        ))
     }
 
     fn set_header(&self, map: Map, name: &str, value: Option<&[u8]>) -> Result<(), Status> {

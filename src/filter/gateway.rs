@@ -2,7 +2,7 @@
 //! fallbacks from the body, and on the way back decides how the request ended.
 
 use super::deadlines::OnExpiry;
-use super::host::{parse_number, Body, Host, HostExt, Map};
+use super::host::{parse_number, Body, Headers, Host, HostExt, Map};
 use super::{health, Prepared};
 use crate::access::{
     self, find_usage, AccessRecord, AttemptView, SkippedView, Usage, ATTEMPTS_PROPERTY,
@@ -14,9 +14,9 @@ use crate::config::{RouteFacts, Settings};
 use crate::cooldown::health_key;
 use crate::outcome::{outcome, provider_message, shaped_error, Outcome, ShapedError, Source};
 use crate::plan::{
-    self, attempt_property, client_turns_off, decide, AttemptRecord, BodyDecision, ClientChain,
-    Plan, RequestStart, Skipped, Unprotected, CLIENT_HEADERS, MAX_ATTEMPTS, PLAN_PROPERTY,
-    RETRY_HEADER,
+    attempt_property, client_chain, client_turns_off, decide, AttemptRecord, BodyDecision,
+    ClientChain, Plan, RequestStart, Skipped, Unprotected, CLIENT_CHAIN_HEADER, CLIENT_HEADERS,
+    DEADLINE_HEADER, MAX_ATTEMPTS, PLAN_PROPERTY, RETRY_HEADER, SWITCH_HEADER,
 };
 use crate::reply;
 use log::{debug, warn};
@@ -59,6 +59,8 @@ pub struct Gateway {
     client_chain: Option<ClientChain>,
     /// The body so far, while it passes (`Reading::Passing`).
     body: Vec<u8>,
+    /// Envoy's `x-request-id` (its `request.id`), for the record.
+    request_id: String,
     /// The attempts' records as the answer's headers found them, and whether the
     /// last was refused for the budget; only the last can change after.
     answered: Option<(Vec<AttemptRecord>, bool)>,
@@ -94,6 +96,7 @@ impl Gateway {
             start: None,
             reading: Reading::Done,
             body: Vec::new(),
+            request_id: String::new(),
             answered: None,
             answer_complete: false,
             plan: None,
@@ -114,7 +117,7 @@ impl Gateway {
     }
 
     /// Picks the rule for this request; reads route properties only when rules exist.
-    fn select_rule(&mut self, path: &str) {
+    fn select_rule(&mut self, path: &str, headers: &Headers) {
         if self.prepared.config.rules.is_empty() {
             return;
         }
@@ -129,7 +132,7 @@ impl Gateway {
             "ai_fallback",
             "rule",
         ]);
-        let authority = self.host.request_header(":authority").unwrap_or_default();
+        let authority = headers.text(":authority").unwrap_or_default();
         let facts = RouteFacts {
             route_name: &route_name,
             metadata_rule: metadata_rule.as_deref(),
@@ -370,10 +373,7 @@ impl Gateway {
             .host
             .property_text(&["xds", "route_name"])
             .unwrap_or_default();
-        let request_id = self
-            .host
-            .property_text(&["request", "id"])
-            .unwrap_or_default();
+
         let mut records = match &self.plan {
             Some(_) => self.attempt_records().0,
             None => Vec::new(),
@@ -400,7 +400,7 @@ impl Gateway {
         });
         let elapsed_ms = now.saturating_sub(start.started_ms);
         let record = AccessRecord {
-            request_id: &request_id,
+            request_id: &self.request_id,
             route: &route,
             rule: self.prepared.config.rule_name(self.rule),
             requested_model: requested,
@@ -535,54 +535,59 @@ impl Gateway {
         }
     }
 
-    /// Reads the client's headers to the filter and removes those present.
-    fn take_client_headers(&self) -> [Option<Vec<u8>>; 3] {
-        CLIENT_HEADERS.map(|name| {
-            let value = self.host.header(Map::Request, name)?;
-            if let Err(status) = self.host.set_request_header(name, None) {
-                warn!("#{} cannot remove {name} ({status:?})", self.id);
+    /// Removes the client's headers to the filter, those present.
+    fn remove_client_headers(&self, headers: &Headers) {
+        for name in CLIENT_HEADERS {
+            if headers.get(name).is_some() {
+                if let Err(status) = self.host.set_request_header(name, None) {
+                    warn!("#{} cannot remove {name} ({status:?})", self.id);
+                }
             }
-            Some(value)
-        })
+        }
     }
 
     pub fn request_headers(&mut self, end_of_stream: bool) -> Action {
-        let [deadline, switch, client_chain] = self.take_client_headers();
+        // One read for every header this role looks at.
+        let headers = self.host.headers(Map::Request).unwrap_or_default();
+        self.remove_client_headers(&headers);
         if end_of_stream {
             return Action::Continue;
         }
-        let method = self.host.request_header(":method").unwrap_or_default();
-        let path = self.host.request_header(":path").unwrap_or_default();
-        self.select_rule(&path);
+        let method = headers.text(":method").unwrap_or_default();
+        let path = headers.text(":path").unwrap_or_default();
+        self.select_rule(&path, &headers);
         let settings = self.settings();
         if !settings.acts_on(&method, &path) {
             return Action::Continue;
         }
-        let declared_len = self
-            .host
-            .header(Map::Request, "content-length")
-            .and_then(|len| parse_number::<usize>(&len));
+        let declared_len = headers
+            .get("content-length")
+            .and_then(parse_number::<usize>);
         if declared_len.is_some_and(|len| len > settings.max_body_bytes) {
             return self.reject_too_large();
         }
+        self.request_id = headers.text("x-request-id").unwrap_or_default();
         self.api = Api::of_path(&path);
         self.path = path;
         self.start = Some(RequestStart {
             started_ms: self.host.now_ms(),
             client_deadline_ms: None,
         });
-        if let Some(encoding) = self.host.header(Map::Request, "content-encoding") {
+        if let Some(encoding) = headers.get("content-encoding") {
             if !encoding.eq_ignore_ascii_case(b"identity") {
                 return self.pass_through(Unprotected::Compressed);
             }
         }
-        let turned_off = switch.is_some_and(|value| client_turns_off(&value));
+        let turned_off = headers.get(SWITCH_HEADER).is_some_and(client_turns_off);
         if turned_off {
             return self.pass_through(Unprotected::TurnedOffByClient);
         }
-        self.client_chain = client_chain.map(|value| plan::client_chain(self.settings(), &value));
-        let client_deadline_ms = deadline
-            .and_then(|ms| parse_number::<u64>(&ms))
+        self.client_chain = headers
+            .get(CLIENT_CHAIN_HEADER)
+            .map(|value| client_chain(self.settings(), value));
+        let client_deadline_ms = headers
+            .get(DEADLINE_HEADER)
+            .and_then(parse_number::<u64>)
             .filter(|ms| *ms > 0);
         if let Some(start) = &mut self.start {
             start.client_deadline_ms = client_deadline_ms;

@@ -34,6 +34,8 @@ pub trait Host {
     fn log_level(&self) -> Option<proxy_wasm::types::LogLevel>;
     /// A header's value as the host holds it; `None` when absent or unreadable.
     fn header(&self, map: Map, name: &str) -> Option<Vec<u8>>;
+    /// Every header of a map, in one call; `None` when unreadable.
+    fn headers(&self, map: Map) -> Option<Headers>;
     /// Sets (`Some`) or removes (`None`) a header.
     fn set_header(&self, map: Map, name: &str, value: Option<&[u8]>) -> Result<(), Status>;
     fn property(&self, path: &[&str]) -> Option<Vec<u8>>;
@@ -65,6 +67,62 @@ pub trait Host {
     fn set_shared_data(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), Status>;
 }
 
+/// A header map as one read: a request or answer that reads several headers asks
+/// the host once (every host call crosses into Envoy and back).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Headers(pub Vec<(Vec<u8>, Vec<u8>)>);
+
+impl Headers {
+    /// Envoy's serialized map: a little-endian u32 count, each pair's key and value
+    /// lengths, then each key and value followed by a NUL. `None` when it does not
+    /// add up.
+    pub fn parse(bytes: &[u8]) -> Option<Headers> {
+        let word = |at: usize| -> Option<usize> {
+            let four: [u8; 4] = bytes.get(at..at.checked_add(4)?)?.try_into().ok()?;
+            usize::try_from(u32::from_le_bytes(four)).ok()
+        };
+        let count = word(0)?;
+        if count > bytes.len() / 8 {
+            return None;
+        }
+        let mut data = count.checked_mul(8)?.checked_add(4)?;
+        let mut pairs = Vec::with_capacity(count);
+        for index in 0..count {
+            let sizes = index.checked_mul(8)?.checked_add(4)?;
+            let (key_len, value_len) = (word(sizes)?, word(sizes.checked_add(4)?)?);
+            let mut field = |len: usize| -> Option<Vec<u8>> {
+                let end = data.checked_add(len)?;
+                let bytes = bytes.get(data..end.checked_add(1)?)?;
+                let (field, nul) = bytes.split_at(len);
+                data = end.checked_add(1)?;
+                (nul == [0]).then(|| field.to_vec())
+            };
+            let key = field(key_len)?;
+            let value = field(value_len)?;
+            pairs.push((key, value));
+        }
+        Some(Headers(pairs))
+    }
+
+    /// A header's value (names compare case-insensitively).
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.0
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, value)| value.as_slice())
+    }
+
+    /// A header's value as text; `None` when absent or not UTF-8.
+    pub fn text(&self, name: &str) -> Option<String> {
+        text(name, self.get(name)?.to_vec())
+    }
+
+    /// The answer's `:status`, 0 when missing or not a number.
+    pub fn status(&self) -> u16 {
+        self.get(":status").and_then(parse_number).unwrap_or(0)
+    }
+}
+
 /// Bytes as text, or `None` (logged) when they are not UTF-8.
 pub fn text(what: &str, bytes: Vec<u8>) -> Option<String> {
     match String::from_utf8(bytes) {
@@ -78,14 +136,6 @@ pub fn text(what: &str, bytes: Vec<u8>) -> Option<String> {
 
 /// The text helpers every role uses; each decodes once, where the value is read.
 pub trait HostExt: Host {
-    fn request_header(&self, name: &str) -> Option<String> {
-        text(name, self.header(Map::Request, name)?)
-    }
-
-    fn response_header(&self, name: &str) -> Option<String> {
-        text(name, self.header(Map::Response, name)?)
-    }
-
     fn set_request_header(&self, name: &str, value: Option<&str>) -> Result<(), Status> {
         self.set_header(Map::Request, name, value.map(str::as_bytes))
     }
@@ -129,4 +179,45 @@ impl<H: Host + ?Sized> HostExt for H {}
 /// A decimal number in a header (surrounding spaces allowed), if it is one.
 pub fn parse_number<T: std::str::FromStr>(bytes: &[u8]) -> Option<T> {
     std::str::from_utf8(bytes).ok()?.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Headers;
+
+    fn serialized(pairs: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut bytes = (pairs.len() as u32).to_le_bytes().to_vec();
+        for (key, value) in pairs {
+            bytes.extend((key.len() as u32).to_le_bytes());
+            bytes.extend((value.len() as u32).to_le_bytes());
+        }
+        for (key, value) in pairs {
+            bytes.extend(key.as_bytes());
+            bytes.push(0);
+            bytes.extend(*value);
+            bytes.push(0);
+        }
+        bytes
+    }
+
+    #[test]
+    fn a_serialized_map_reads_back_and_a_broken_one_is_refused() {
+        let bytes = serialized(&[(":status", b"200"), ("x-empty", b""), ("bin", b"\xff\x00")]);
+        let headers = Headers::parse(&bytes).unwrap();
+        assert_eq!(headers.status(), 200);
+        assert_eq!(headers.get("X-EMPTY"), Some(&b""[..]));
+        assert_eq!(headers.get("bin"), Some(&b"\xff\x00"[..]));
+        assert_eq!(headers.text("bin"), None, "not UTF-8: absent as text");
+        assert_eq!(Headers::parse(&[]), None);
+        for cut in 1..bytes.len() {
+            assert_eq!(Headers::parse(&bytes[..cut]), None, "cut at {cut}");
+        }
+        let mut huge = bytes.clone();
+        huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(Headers::parse(&huge), None);
+        assert_eq!(
+            Headers::parse(&0u32.to_le_bytes()),
+            Some(Headers::default())
+        );
+    }
 }

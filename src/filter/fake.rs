@@ -132,15 +132,11 @@ impl Host for FakeHost {
     }
 
     fn header(&self, map: Map, name: &str) -> Option<Vec<u8>> {
-        if self.call(Call::Header) {
-            return None;
-        }
-        let state = self.state.borrow();
-        let headers = match map {
-            Map::Request => &state.request_headers,
-            Map::Response => &state.response_headers,
-        };
-        headers.get(name).cloned()
+        let Headers(pairs) = self.headers(map)?;
+        let mut pairs = pairs.into_iter();
+        pairs
+            .find(|(key, _)| key == name.as_bytes())
+            .map(|(_, value)| value)
     }
 
     fn headers(&self, map: Map) -> Option<Headers> {

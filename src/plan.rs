@@ -688,9 +688,11 @@ pub struct RouterControl {
     /// Per-attempt limits: (non-streamed, streamed).
     attempt_timeout_ms: Option<u64>,
     first_byte_timeout_ms: Option<u64>,
-    /// The most retries a plan of these settings can use with the configured chains:
-    /// a request sent on before its body is read gets this many.
-    max_retries_bound: usize,
+    /// The most retries a plan of these settings can use: from the longest main
+    /// chain, and from the longest context and content-policy chains together. A
+    /// request sent on before its body is read gets this many.
+    main_retries_bound: usize,
+    lane_retries_bound: usize,
     /// Why requests are held until their body is read; `None`: they never are.
     pub hold: Option<Hold>,
 }
@@ -713,8 +715,8 @@ impl RouterControl {
                 .map(Vec::len)
                 .fold(default.len(), usize::max)
         };
-        let max_retries_bound = longest(&settings.chains, &settings.default_chain)
-            + longest(&settings.context_chains, &settings.default_context_chain)
+        let main_retries_bound = longest(&settings.chains, &settings.default_chain);
+        let lane_retries_bound = longest(&settings.context_chains, &settings.default_context_chain)
             + longest(
                 &settings.content_policy_chains,
                 &settings.default_content_policy_chain,
@@ -735,7 +737,8 @@ impl RouterControl {
             budget_ms: settings.budget.total_ms,
             attempt_timeout_ms: settings.budget.attempt_timeout_ms,
             first_byte_timeout_ms,
-            max_retries_bound,
+            main_retries_bound,
+            lane_retries_bound,
             hold,
         }
     }
@@ -753,10 +756,9 @@ impl RouterControl {
         client_chain_len: Option<usize>,
         client_deadline_ms: Option<u64>,
     ) -> Vec<(&'static str, String)> {
-        let max_retries = match client_chain_len {
-            Some(len) => self.max_retries_bound.max(len),
-            None => self.max_retries_bound,
-        };
+        // A client's chain replaces the main one.
+        let main = client_chain_len.unwrap_or(self.main_retries_bound);
+        let max_retries = main + self.lane_retries_bound;
         let budget_ms = effective_budget_ms(self.budget_ms, client_deadline_ms);
         // Without a hold, `stream` changes no header: the per-try limits are equal
         // and no configured budget sets the request timeout.
@@ -1073,6 +1075,31 @@ mod tests {
         assert_eq!(decoded.step(), CONTEXT_0);
         assert_eq!(decoded.class(), Some(Class::RateLimited));
         assert_eq!(AttemptRecord::decode(b"x 1 - 0"), None);
+    }
+
+    #[test]
+    fn retries_before_the_body_cover_the_longest_chains_or_the_clients() {
+        let settings = Config::parse(
+            br#"{"chains": {"a": ["b"], "x": ["y", "z"]}, "context_chains": {"a": ["big"]},
+                 "default_content_policy_chain": ["safe", "safer"]}"#,
+        )
+        .unwrap()
+        .defaults;
+        let router = RouterControl::new(&settings);
+        assert_eq!(router.hold, None);
+        let retries = |client: Option<usize>| {
+            router
+                .headers_before_body(client, None)
+                .into_iter()
+                .find(|(name, _)| *name == "x-envoy-max-retries")
+                .map(|(_, value)| value)
+        };
+        assert_eq!(retries(None).as_deref(), Some("5"), "2 + 1 + 2");
+        assert_eq!(
+            retries(Some(4)).as_deref(),
+            Some("7"),
+            "the client's 4 + 1 + 2"
+        );
     }
 
     #[test]

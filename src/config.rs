@@ -72,7 +72,7 @@ pub const MAX_INSPECT_MAX_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_MIN_ATTEMPT_MS: u64 = 100;
 
 /// Every settings field, for the error on an unknown one.
-const FIELDS: [&str; 30] = [
+const FIELDS: [&str; 31] = [
     "role",
     "rules",
     "chains",
@@ -96,6 +96,7 @@ const FIELDS: [&str; 30] = [
     "budget_ms",
     "attempt_timeout_ms",
     "first_byte_timeout_ms",
+    "hedge_after_ms",
     "min_attempt_ms",
     "response_headers",
     "cooldown_failures",
@@ -164,6 +165,10 @@ pub struct Budget {
     /// `first_byte_timeout_ms`: one attempt of a streamed request, until its first
     /// byte. Unset: `attempt_timeout_ms`.
     pub first_byte_timeout_ms: Option<u64>,
+    /// `hedge_after_ms`: an attempt without its answer's headers this long gets the
+    /// next model started alongside it, and the first answer wins. Unset or 0: no
+    /// hedging.
+    pub hedge_after_ms: Option<u64>,
     /// `min_attempt_ms`: an attempt is not started with less time left than this;
     /// the request ends with a 504 instead. Default 100.
     pub min_attempt_ms: u64,
@@ -352,6 +357,7 @@ impl Config {
         }
         config.defaults.check_providers("")?;
         config.defaults.check_cooldown("", fields)?;
+        config.defaults.check_hedging("")?;
         if let Some(rules) = fields.get("rules") {
             config.rules = parse_rules(rules, &config.defaults)?;
         }
@@ -480,6 +486,10 @@ impl Settings {
             }
             "first_byte_timeout_ms" => {
                 self.budget.first_byte_timeout_ms = Some(parse_millis(field, value)?)
+            }
+            "hedge_after_ms" => {
+                let after = parse_millis_or_zero(field, value)?;
+                self.budget.hedge_after_ms = (after > 0).then_some(after);
             }
             "min_attempt_ms" => self.budget.min_attempt_ms = parse_millis_or_zero(field, value)?,
             "response_headers" => self.response_headers = parse_bool(field, value)?,
@@ -792,6 +802,37 @@ impl Settings {
             ))
         }
     }
+
+    /// Envoy's per-try timeout either cancels an attempt or hedges it, never both:
+    /// hedging takes the place of the per-attempt limits.
+    fn check_hedging(&self, prefix: &str) -> Result<(), ConfigError> {
+        let Some(after) = self.budget.hedge_after_ms else {
+            return Ok(());
+        };
+        let field = format!("{prefix}hedge_after_ms");
+        for (other, set) in [
+            ("attempt_timeout_ms", self.budget.attempt_timeout_ms),
+            ("first_byte_timeout_ms", self.budget.first_byte_timeout_ms),
+        ] {
+            if set.is_some() {
+                return Err(error(
+                    field,
+                    format!(
+                        "cannot be combined with {other}: Envoy's per-try timeout either \
+                         hedges an attempt or cancels it; unset one of them (a rule can \
+                         set hedge_after_ms to 0)"
+                    ),
+                ));
+            }
+        }
+        match self.budget.total_ms {
+            Some(budget) if after >= budget => Err(error(
+                field,
+                format!("must be less than budget_ms ({budget} ms), or no attempt is hedged"),
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 fn check_model_name(field: &str, model: &str) -> Result<(), ConfigError> {
@@ -871,6 +912,7 @@ fn parse_rules(value: &Value, defaults: &Settings) -> Result<Vec<Rule>, ConfigEr
         rule.settings.check_providers(&format!("{prefix}."))?;
         rule.settings
             .check_cooldown(&format!("{prefix}."), fields)?;
+        rule.settings.check_hedging(&format!("{prefix}."))?;
         if rules.iter().any(|other| other.name == rule.name) {
             return Err(error(
                 format!("{prefix}.name"),
@@ -1024,6 +1066,19 @@ mod tests {
     }
 
     #[test]
+    fn hedging_is_off_by_default_and_a_rule_can_switch_it_off() {
+        assert_eq!(parse("{}").unwrap().defaults.budget.hedge_after_ms, None);
+        let config = parse(
+            r#"{"hedge_after_ms":300,"budget_ms":5000,
+               "rules":[{"name":"inherits"},{"name":"off","hedge_after_ms":0,"attempt_timeout_ms":900}]}"#,
+        )
+        .unwrap();
+        assert_eq!(config.defaults.budget.hedge_after_ms, Some(300));
+        assert_eq!(config.rules[0].settings.budget.hedge_after_ms, Some(300));
+        assert_eq!(config.rules[1].settings.budget.hedge_after_ms, None);
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let cases = [
             (r#"{"rolee":"gateway"}"#, "rolee"),
@@ -1056,6 +1111,18 @@ mod tests {
             (r#"{"budget_ms":0}"#, "budget_ms"),
             (r#"{"attempt_timeout_ms":"5s"}"#, "attempt_timeout_ms"),
             (r#"{"first_byte_timeout_ms":-1}"#, "first_byte_timeout_ms"),
+            (
+                r#"{"hedge_after_ms":300,"attempt_timeout_ms":1000}"#,
+                "hedge_after_ms",
+            ),
+            (
+                r#"{"first_byte_timeout_ms":1000,"rules":[{"name":"h","hedge_after_ms":300}]}"#,
+                "rules[0].hedge_after_ms",
+            ),
+            (
+                r#"{"hedge_after_ms":500,"budget_ms":500}"#,
+                "hedge_after_ms",
+            ),
             (r#"{"min_attempt_ms":100000000}"#, "min_attempt_ms"),
             (r#"{"response_headers":"on"}"#, "response_headers"),
             (r#"{"cooldown_failures":33}"#, "cooldown_failures"),

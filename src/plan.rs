@@ -432,6 +432,9 @@ pub struct AttemptRecord {
     /// Not started: too little of the budget was left.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub refused_for_budget: bool,
+    /// Started alongside an earlier attempt that had no answer yet (`hedge_after_ms`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hedged: bool,
 }
 
 impl AttemptRecord {
@@ -688,6 +691,8 @@ pub struct RouterControl {
     /// Per-attempt limits: (non-streamed, streamed).
     attempt_timeout_ms: Option<u64>,
     first_byte_timeout_ms: Option<u64>,
+    /// `hedge_after_ms`: the per-try timeout then starts the next attempt alongside.
+    pub hedge_after_ms: Option<u64>,
     /// The most retries a plan of these settings can use: from the longest main
     /// chain, and from the longest context and content-policy chains together. A
     /// request sent on before its body is read gets this many.
@@ -737,6 +742,7 @@ impl RouterControl {
             budget_ms: settings.budget.total_ms,
             attempt_timeout_ms: settings.budget.attempt_timeout_ms,
             first_byte_timeout_ms,
+            hedge_after_ms: settings.budget.hedge_after_ms,
             main_retries_bound,
             lane_retries_bound,
             hold,
@@ -785,6 +791,10 @@ impl RouterControl {
         if let Some(limit) = self.per_try_limit_ms(stream, budget_ms) {
             headers.push(("x-envoy-upstream-rq-per-try-timeout-ms", limit.to_string()));
         }
+        if self.hedge_after_ms.is_some() {
+            // The route's own hedge policy is not needed: the router reads this.
+            headers.push(("x-envoy-hedge-on-per-try-timeout", "true".to_string()));
+        }
         headers
     }
 
@@ -794,6 +804,9 @@ impl RouterControl {
     }
 
     fn per_try_limit_ms(&self, stream: bool, budget_ms: Option<u64>) -> Option<u64> {
+        if let Some(after) = self.hedge_after_ms {
+            return Some(budget_ms.map_or(after, |budget| after.min(budget)));
+        }
         let per_attempt = if stream {
             self.first_byte_timeout_ms
         } else {
@@ -1304,6 +1317,26 @@ mod tests {
             stream[3..],
             [("x-envoy-upstream-rq-per-try-timeout-ms", "800".to_string())],
             "a stream keeps the route timeout; its first byte has its own limit"
+        );
+    }
+
+    #[test]
+    fn hedging_sets_the_per_try_timeout_to_hedge_on_without_holding() {
+        let settings = Config::parse(br#"{"chains":{"a":["b"]},"hedge_after_ms":300}"#)
+            .unwrap()
+            .defaults;
+        let control = RouterControl::new(&settings);
+        assert_eq!(control.hold, None);
+        let headers = control.headers_before_body(None, None);
+        for expected in [
+            ("x-envoy-upstream-rq-per-try-timeout-ms", "300".to_string()),
+            ("x-envoy-hedge-on-per-try-timeout", "true".to_string()),
+        ] {
+            assert!(headers.contains(&expected), "{expected:?} in {headers:?}");
+        }
+        let short_deadline = control.headers_before_body(None, Some(200));
+        assert!(
+            short_deadline.contains(&("x-envoy-upstream-rq-per-try-timeout-ms", "200".to_string()))
         );
     }
 }

@@ -143,6 +143,9 @@ pub struct AttemptView<'a> {
     pub end_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after: Option<&'a str>,
+    /// Started alongside an attempt that had no answer yet.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub hedged: bool,
 }
 
 impl<'a> From<&'a AttemptRecord> for AttemptView<'a> {
@@ -159,6 +162,7 @@ impl<'a> From<&'a AttemptRecord> for AttemptView<'a> {
             first_byte_ms: record.first_byte_ms,
             end_ms: record.end_ms,
             retry_after: record.retry_after.as_deref(),
+            hedged: record.hedged,
         }
     }
 }

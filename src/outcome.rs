@@ -71,8 +71,14 @@ impl Source {
     }
 }
 
-/// The outcome of a planned request from its attempts' records.
-pub fn outcome(records: &[AttemptRecord], source: Source, status: u16) -> Outcome {
+/// The outcome of a planned request from its attempts' records, the answering one
+/// last; `first_answered`: that one is the request's first attempt.
+pub fn outcome(
+    records: &[AttemptRecord],
+    first_answered: bool,
+    source: Source,
+    status: u16,
+) -> Outcome {
     match source {
         Source::RouterTimeout | Source::BudgetRefused => return Outcome::BudgetExceeded,
         Source::RouterOther => return Outcome::Exhausted,
@@ -84,7 +90,7 @@ pub fn outcome(records: &[AttemptRecord], source: Source, status: u16) -> Outcom
         Some(Class::Final | Class::ProviderDenied) => Outcome::ClientError,
         Some(class) if class.is_retryable() => Outcome::Exhausted,
         _ if status >= 500 => Outcome::Exhausted,
-        _ if records.len() > 1 => Outcome::FallbackOk,
+        _ if !first_answered => Outcome::FallbackOk,
         _ => Outcome::Ok,
     }
 }
@@ -415,28 +421,58 @@ mod tests {
         let final_answer = record("a", 1000, Some(401), Some(Class::Final));
         use Outcome::*;
         assert_eq!(
-            outcome(std::slice::from_ref(&ok), Source::Upstream, 200),
+            outcome(std::slice::from_ref(&ok), true, Source::Upstream, 200),
             Ok
         );
         assert_eq!(
-            outcome(&[failed.clone(), ok], Source::Upstream, 200),
+            outcome(&[failed.clone(), ok], false, Source::Upstream, 200),
             FallbackOk
         );
         assert_eq!(
-            outcome(std::slice::from_ref(&failed), Source::Upstream, 502),
+            outcome(std::slice::from_ref(&failed), true, Source::Upstream, 502),
             Exhausted
         );
-        assert_eq!(outcome(&[final_answer], Source::Upstream, 401), ClientError);
         assert_eq!(
-            outcome(std::slice::from_ref(&failed), Source::RouterTimeout, 504),
+            outcome(&[final_answer], true, Source::Upstream, 401),
+            ClientError
+        );
+        assert_eq!(
+            outcome(
+                std::slice::from_ref(&failed),
+                true,
+                Source::RouterTimeout,
+                504
+            ),
             BudgetExceeded
         );
         assert_eq!(
-            outcome(std::slice::from_ref(&failed), Source::BudgetRefused, 504),
+            outcome(
+                std::slice::from_ref(&failed),
+                true,
+                Source::BudgetRefused,
+                504
+            ),
             BudgetExceeded
         );
-        assert_eq!(outcome(&[failed], Source::RouterOther, 503), Exhausted);
-        assert_eq!(outcome(&[], Source::Upstream, 503), Exhausted);
+        assert_eq!(
+            outcome(&[failed], true, Source::RouterOther, 503),
+            Exhausted
+        );
+        let cancelled_hedge = AttemptRecord {
+            hedged: true,
+            class: Some("cancelled".into()),
+            ..AttemptRecord::default()
+        };
+        let ok = AttemptRecord {
+            class: Some("success".into()),
+            ..AttemptRecord::default()
+        };
+        assert_eq!(
+            outcome(&[cancelled_hedge, ok], true, Source::Upstream, 200),
+            Ok,
+            "the first model answered before the hedged one"
+        );
+        assert_eq!(outcome(&[], true, Source::Upstream, 503), Exhausted);
     }
 
     #[test]

@@ -37,6 +37,11 @@ pub const ATTEMPT_COUNT_HEADER: &str = "x-envoy-attempt-count";
 /// client could see it.
 pub const RETRY_HEADER: &str = "x-ai-fallback-retry";
 
+/// Set by the attempt role of a hedging rule on each answer it read, with its
+/// attempt number: the router lets one of several attempts answer, and the
+/// gateway needs to know which. The gateway removes it.
+pub const ANSWERING_ATTEMPT_HEADER: &str = "x-ai-fallback-attempt";
+
 /// The request header by which a client shortens the request's time budget, in
 /// milliseconds. It can shorten the configured budget, never lengthen it.
 pub const DEADLINE_HEADER: &str = "x-ai-fallback-timeout-ms";

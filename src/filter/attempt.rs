@@ -13,8 +13,8 @@ use crate::classify::{
 use crate::cooldown::{health_key, retry_after_ms};
 use crate::outcome::provider_message;
 use crate::plan::{
-    attempt_property, AttemptRecord, Lane, Plan, Step, ATTEMPT_COUNT_HEADER, PLAN_PROPERTY,
-    RETRY_HEADER,
+    attempt_property, AttemptRecord, Lane, Plan, Step, ANSWERING_ATTEMPT_HEADER,
+    ATTEMPT_COUNT_HEADER, PLAN_PROPERTY, RETRY_HEADER,
 };
 use log::{debug, warn};
 use proxy_wasm::types::Action;
@@ -31,7 +31,21 @@ pub struct Attempt {
     pending_rewrite: Option<Rewrite>,
     /// When this first attempt started, while it waits for the plan.
     first_without_plan: Option<u64>,
+    /// This attempt ended itself with no model left to send (hedging only): its
+    /// own reply passes untouched.
+    replied_beyond_chain: bool,
     response: Response,
+}
+
+/// What an attempt does, from the attempts before it.
+enum Next {
+    Step {
+        step: Step,
+        hedged: bool,
+    },
+    /// The router started an attempt after the chain's end: a hedging rule's last
+    /// model hedged or failed while an earlier attempt may still answer.
+    BeyondChain,
 }
 
 struct Planned {
@@ -82,35 +96,112 @@ impl Attempt {
             planned: None,
             pending_rewrite: None,
             first_without_plan: None,
+            replied_beyond_chain: false,
             response: Response::Idle,
         }
     }
 
     /// The step this attempt takes: after the previous attempt's, as its answer says.
-    fn step_for(&self, plan: &Plan, attempt: u32) -> Step {
+    /// Only the latest attempt can make the router start another (a hedged one
+    /// never asks twice), so the previous one is the one this attempt follows.
+    fn step_for(&self, plan: &Plan, attempt: u32, now: u64) -> Next {
         if attempt <= 1 {
-            return Step::FIRST;
+            return Next::Step {
+                step: Step::FIRST,
+                hedged: false,
+            };
         }
+        let hedge_after = self.hedge_after_ms(plan);
         let previous = self
             .host
             .property(&[&attempt_property(attempt - 1)])
             .and_then(|bytes| AttemptRecord::decode(&bytes));
-        match previous {
-            Some(record) => {
-                if record.class.is_none() {
-                    // No answer came: a timeout or a reset, which the router retried.
-                    self.note_health(plan, &record, Class::FailureStatus, "no_answer");
-                }
-                plan.next_step(record.step(), record.class())
+        let Some(record) = previous else {
+            if hedge_after.is_some() {
+                // The previous attempt was past the chain too.
+                return Next::BeyondChain;
             }
             // Without a record (it could not be written) go on down the chain.
-            None => Step {
-                lane: Lane::Main,
-                index: usize::try_from(attempt - 1)
-                    .unwrap_or(usize::MAX)
-                    .min(plan.chain.len().saturating_sub(1)),
-            },
+            let index = usize::try_from(attempt - 1)
+                .unwrap_or(usize::MAX)
+                .min(plan.chain.len().saturating_sub(1));
+            return Next::Step {
+                step: Step {
+                    lane: Lane::Main,
+                    index,
+                },
+                hedged: false,
+            };
+        };
+        let unanswered = record.class.is_none();
+        // The router's per-try timeout starts no earlier than the previous attempt:
+        // an attempt that follows an unanswered one sooner followed its reset.
+        let hedged = unanswered
+            && hedge_after.is_some_and(|after| now.saturating_sub(record.start_ms) >= after);
+        if hedge_after.is_some() {
+            let has_next = match record.class() {
+                Some(class) => plan.has_next(record.step(), class),
+                None => plan.has_next(record.step(), Class::FailureStatus),
+            };
+            if !has_next {
+                return Next::BeyondChain;
+            }
         }
+        if unanswered && !hedged {
+            // No answer came: a timeout or a reset, which the router retried.
+            self.note_health(plan, &record, Class::FailureStatus, "no_answer");
+        }
+        Next::Step {
+            step: plan.next_step(record.step(), record.class()),
+            hedged,
+        }
+    }
+
+    fn hedge_after_ms(&self, plan: &Plan) -> Option<u64> {
+        self.prepared
+            .config
+            .settings(plan.rule)
+            .budget
+            .hedge_after_ms
+    }
+
+    /// Whether an attempt before `attempt` has not answered yet, as far as its
+    /// record tells (a reset one looks the same: it is waited for in vain only
+    /// until the router's retries run out).
+    fn earlier_unanswered(&self, attempt: u32) -> bool {
+        (1..attempt).any(|earlier| {
+            self.host
+                .property(&[&attempt_property(earlier)])
+                .and_then(|bytes| AttemptRecord::decode(&bytes))
+                .is_some_and(|record| record.class.is_none() && !record.refused_for_budget)
+        })
+    }
+
+    /// Ends an attempt that has no model to send. While an earlier attempt may
+    /// still answer, the reply asks for a retry the router cannot make, which makes
+    /// it wait for that attempt; otherwise it reaches the gateway, which answers
+    /// for the exhausted chain.
+    fn answer_beyond_chain(&mut self, attempt: u32) -> Action {
+        self.replied_beyond_chain = true;
+        let wait = self.earlier_unanswered(attempt);
+        debug!(
+            "#{} attempt {attempt} is past the chain (waiting for an earlier one: {wait})",
+            self.id
+        );
+        let body = crate::reply::openai_error(
+            "no model of the chain is left to try",
+            "upstream_error",
+            "fallbacks_exhausted",
+        );
+        let mut headers = vec![("content-type", "application/json")];
+        if wait {
+            headers.push((RETRY_HEADER, "wait"));
+        }
+        if let Err(status) = self.host.send_response(502, &headers, body.as_bytes()) {
+            warn!("#{} cannot end the attempt ({status:?})", self.id);
+            return Action::Continue;
+        }
+        Action::Pause
     }
 
     fn write_record(&self) {
@@ -232,7 +323,33 @@ impl Attempt {
         planned.record.error_excerpt = excerpt;
         planned.record.cluster = self.host.property_text(&["xds", "cluster_name"]);
         planned.record.host = self.host.property_text(&["upstream", "address"]);
-        if planned.plan.has_next(planned.record.step(), class) {
+        let hedging = self
+            .prepared
+            .config
+            .settings(planned.plan.rule)
+            .budget
+            .hedge_after_ms
+            .is_some();
+        let attempt = planned.attempt;
+        if hedging {
+            let number = attempt.to_string();
+            if let Err(status) = self
+                .host
+                .set_response_header(ANSWERING_ATTEMPT_HEADER, Some(&number))
+            {
+                warn!("#{} cannot mark the answer ({status:?})", self.id);
+            }
+        }
+        let has_next = planned.plan.has_next(planned.record.step(), class);
+        // A failure with no model after it must not end a request another attempt
+        // may still answer: asking for a retry the router cannot make (or that finds
+        // the chain's end) makes the router wait for that attempt.
+        let wait_for_earlier =
+            !has_next && hedging && class.is_retryable() && self.earlier_unanswered(attempt);
+        let Some(planned) = &mut self.planned else {
+            return;
+        };
+        if has_next || wait_for_earlier {
             debug!(
                 "#{} attempt {} answered {:?} ({}): next model",
                 self.id,
@@ -400,7 +517,10 @@ impl Attempt {
     /// `body_to_come`: the request headers are still open and a body follows, so the
     /// model can be rewritten.
     fn start(&mut self, plan: Plan, attempt: u32, now: u64, body_to_come: bool) -> Action {
-        let step = self.step_for(&plan, attempt);
+        let (step, hedged) = match self.step_for(&plan, attempt, now) {
+            Next::Step { step, hedged } => (step, hedged),
+            Next::BeyondChain => return self.answer_beyond_chain(attempt),
+        };
         let (step, provider, path) = self.provider_step(&plan, step);
         if let (Some(path), true) = (path, body_to_come) {
             // Each provider takes its own key, injected by Envoy on its cluster: the
@@ -419,6 +539,7 @@ impl Attempt {
             lane: step.lane,
             index: step.index,
             start_ms: now,
+            hedged,
             ..AttemptRecord::default()
         };
         let min_attempt_ms = self
@@ -505,6 +626,9 @@ impl Attempt {
     }
 
     pub fn response_headers(&mut self, end_of_stream: bool) -> Action {
+        if self.replied_beyond_chain {
+            return Action::Continue;
+        }
         if self.first_without_plan.is_some() {
             // An answer before the request's end.
             if self.take_up_plan() == Action::Pause {
@@ -577,6 +701,11 @@ impl Attempt {
     /// When a held answer must go on: shortly before the router's per-try timeout.
     fn release_at(&self) -> Option<u64> {
         let planned = self.planned.as_ref()?;
+        if self.hedge_after_ms(&planned.plan).is_some() {
+            // There the per-try timeout starts the next model beside this attempt,
+            // which may go on reading its answer.
+            return None;
+        }
         let router = self.prepared.routers.get(planned.plan.rule)?;
         let limit = router.per_try_timeout_ms(&planned.plan)?;
         let at = planned.record.start_ms.saturating_add(limit);

@@ -15,8 +15,9 @@ use crate::cooldown::health_key;
 use crate::outcome::{outcome, provider_message, shaped_error, Outcome, ShapedError, Source};
 use crate::plan::{
     attempt_property, client_chain, client_turns_off, decide, AttemptRecord, BodyDecision,
-    ClientChain, Plan, RequestStart, Skipped, Unprotected, CLIENT_CHAIN_HEADER, CLIENT_HEADERS,
-    DEADLINE_HEADER, MAX_ATTEMPTS, PLAN_PROPERTY, RETRY_HEADER, SWITCH_HEADER,
+    ClientChain, Plan, RequestStart, Skipped, Unprotected, ANSWERING_ATTEMPT_HEADER,
+    CLIENT_CHAIN_HEADER, CLIENT_HEADERS, DEADLINE_HEADER, MAX_ATTEMPTS, PLAN_PROPERTY,
+    RETRY_HEADER, SWITCH_HEADER,
 };
 use crate::reply;
 use log::{debug, warn};
@@ -64,6 +65,9 @@ pub struct Gateway {
     /// The attempts' records as the answer's headers found them, and whether the
     /// last was refused for the budget; only the last can change after.
     answered: Option<(Vec<AttemptRecord>, bool)>,
+    /// Under hedging, the number of the attempt whose answer reached the gateway;
+    /// `None` without hedging, or when no attempt's answer did.
+    answering: Option<u32>,
     /// The answer's end came through.
     answer_complete: bool,
 }
@@ -98,6 +102,7 @@ impl Gateway {
             body: Vec::new(),
             request_id: String::new(),
             answered: None,
+            answering: None,
             answer_complete: false,
             plan: None,
             finished: None,
@@ -259,9 +264,9 @@ impl Gateway {
         }
     }
 
-    /// The records the attempts left, in order; the attempt role is their only
-    /// writer, and an attempt refused for lack of time, which never reached a
-    /// provider, is left out (`true` when there was one).
+    /// The records the attempts left, in order, the one that answered last; the
+    /// attempt role is their only writer, and an attempt refused for lack of time,
+    /// which never reached a provider, is left out (`true` when there was one).
     fn attempt_records(&self) -> (Vec<AttemptRecord>, bool) {
         if let Some((records, budget_refused)) = &self.answered {
             let mut records = records.clone();
@@ -273,7 +278,9 @@ impl Gateway {
             if settled {
                 return (records, *budget_refused);
             }
-            let last_attempt = u32::try_from(records.len()).unwrap_or(u32::MAX);
+            let last_attempt = self
+                .answering
+                .unwrap_or_else(|| u32::try_from(records.len()).unwrap_or(u32::MAX));
             let last = self
                 .host
                 .property(&[&attempt_property(last_attempt)])
@@ -294,7 +301,18 @@ impl Gateway {
         if budget_refused {
             records.pop();
         }
+        if let Some(answering) = self.answering {
+            put_answer_last(&mut records, answering);
+        }
         (records, budget_refused)
+    }
+
+    /// Whether the request's first attempt gave the answer (no fallback did).
+    fn first_attempt_answered(&self, records: &[AttemptRecord]) -> bool {
+        match self.answering {
+            Some(answering) => answering <= 1,
+            None => records.len() <= 1,
+        }
     }
 
     /// The error that replaces a failed final answer, quoting the provider's
@@ -469,10 +487,25 @@ impl Gateway {
         let outcome_tag = Some(("outcome", outcome.name()));
         let stat = name("requests_total", route, Some(&requested), outcome_tag);
         prepared.count(host, &stat, 1);
-        for record in records {
+        let answering = self.answering.and(records.len().checked_sub(1));
+        for (position, record) in records.iter().enumerate() {
             let class = Some(("class", record.class.as_deref().unwrap_or("no_answer")));
             let model = bounded(&record.model);
             prepared.count(host, &name("attempts_total", route, Some(&model), class), 1);
+            if record.hedged {
+                let result = if answering == Some(position) {
+                    "won"
+                } else {
+                    "lost"
+                };
+                let stat = name(
+                    "hedges_total",
+                    route,
+                    Some(&model),
+                    Some(("result", result)),
+                );
+                prepared.count(host, &stat, 1);
+            }
         }
         let fallbacks = records.len().saturating_sub(1) as u64;
         if fallbacks > 0 {
@@ -670,10 +703,28 @@ impl Gateway {
             }
             return Action::Continue;
         }
+        if self.settings().budget.hedge_after_ms.is_some() {
+            self.answering = self
+                .host
+                .header(Map::Response, ANSWERING_ATTEMPT_HEADER)
+                .and_then(|number| parse_number::<u32>(&number))
+                .filter(|number| (1..=MAX_ATTEMPTS).contains(number));
+            if let Err(status) = self
+                .host
+                .set_response_header(ANSWERING_ATTEMPT_HEADER, None)
+            {
+                warn!(
+                    "#{} cannot remove {ANSWERING_ATTEMPT_HEADER} ({status:?})",
+                    self.id
+                );
+            }
+        }
         let (records, budget_refused) = self.attempt_records();
         // Present only when the last attempt asked for a retry and the router could
         // not make it (a circuit breaker): the client must not see it.
+        // Under hedging, also when it made the router wait for another attempt.
         let asked_for_retry = match (&self.plan, records.last()) {
+            _ if self.settings().budget.hedge_after_ms.is_some() => true,
             (Some(plan), Some(last)) => last
                 .class()
                 .is_none_or(|class| plan.has_next(last.step(), class)),
@@ -694,7 +745,8 @@ impl Gateway {
                 .unwrap_or_default()
         };
         let source = Source::from_details(&details, budget_refused);
-        let outcome = outcome(&records, source, status);
+        let first_answered = self.first_attempt_answered(&records);
+        let outcome = outcome(&records, first_answered, source, status);
         self.finished = Some(Finished { outcome, status });
         self.answered = Some((records.clone(), budget_refused));
         if matches!(outcome, Outcome::Exhausted | Outcome::BudgetExceeded) {
@@ -758,3 +810,24 @@ impl Gateway {
         self.write_record();
     }
 }
+
+/// Moves the record of attempt `answering` (numbered from 1) to the end: the router
+/// let it answer. The attempts still without an answer were cancelled for it.
+fn put_answer_last(records: &mut Vec<AttemptRecord>, answering: u32) {
+    let Some(position) = usize::try_from(answering)
+        .ok()
+        .and_then(|number| number.checked_sub(1))
+        .filter(|position| *position < records.len())
+    else {
+        return;
+    };
+    let answer = records.remove(position);
+    for record in records.iter_mut().filter(|record| record.class.is_none()) {
+        record.class = Some(CANCELLED_CLASS.to_string());
+    }
+    records.push(answer);
+}
+
+/// The class of a hedged request's attempt that was still waiting for its answer
+/// when another attempt's answer went to the client.
+const CANCELLED_CLASS: &str = "cancelled";

@@ -171,3 +171,44 @@ pub async fn post_json(
 pub fn chat_request(model: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": "hi"}]})
 }
+
+/// Reads the access log until it has `count` lines.
+pub fn access_log_lines(path: &std::path::Path, count: usize) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        if lines.len() >= count || std::time::Instant::now() > deadline {
+            assert_eq!(lines.len(), count, "{text}");
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `/stats/prometheus` lines of the filter's counters: "name{labels}" -> value.
+pub fn filter_counters(envoy: &Envoy) -> std::collections::BTreeMap<String, u64> {
+    let (_, text) = envoy.admin_get("/stats/prometheus");
+    text.lines()
+        .filter(|line| line.starts_with("ai_fallback_") && line.contains("_total{"))
+        .filter_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            Some((name.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The access record, nested in the JSON log line: Envoy renders the typed filter
+/// state as `{"@type": "...google.protobuf.Struct", "value": {record}}`.
+pub fn record_of(line: &Value) -> Value {
+    let typed = &line["ai_fallback"];
+    assert_eq!(
+        typed["@type"], "type.googleapis.com/google.protobuf.Struct",
+        "{line}"
+    );
+    assert!(typed["value"]["attempts"].is_array(), "{line}");
+    typed["value"].clone()
+}

@@ -88,6 +88,13 @@ bench: build $(OHA) ## side-by-side benchmark -> results/bench.md, .svg, README 
 	cargo bench -p ai-fallback --bench rewrite -- --json results/tmp/rewrite.json
 	cargo build --release -p bench
 	target/release/bench
+	target/release/bench --hedging
+
+.PHONY: bench-hedging
+bench-hedging: build $(OHA) ## a first model that stalls: waited for, cut off, or hedged -> results/hedging.md
+	cargo build --locked --release --target wasm32-wasip1 --manifest-path bench/noop-wasm/Cargo.toml --target-dir target/noop-wasm
+	cargo build --release -p bench
+	target/release/bench --hedging
 
 # The ablation table (results/ablation.md): one bench-only build per part switched off
 # (the crate's ablate-* features), each measured in its own Envoy. BENCH_QUICK=1: one round.

@@ -9,6 +9,7 @@
 
 mod ablation;
 mod envoy_config;
+mod hedging;
 mod oha;
 mod payload;
 mod report;
@@ -233,15 +234,17 @@ struct Args {
     quick: bool,
     report_only: bool,
     ablation: bool,
+    hedging: bool,
 }
 
 const USAGE: &str =
-    "usage: bench [--quick | --report-only | --ablation] [--envoy BIN] [--oha BIN] [--mock BIN] [--wasm FILE]
+    "usage: bench [--quick | --report-only | --ablation | --hedging] [--envoy BIN] [--oha BIN] [--mock BIN] [--wasm FILE]
              [--noop-wasm FILE] [--example envoy.yaml] [--out DIR] [--rewrite-json FILE]
              [--readme README.md]
 Run from the repository root (make bench). BENCH_QUICK=1 is --quick. --report-only
 writes the report again from OUT/bench.json, without measuring. --ablation measures
-the ablate-* builds (make bench-ablation) -> OUT/ablation.md.
+the ablate-* builds (make bench-ablation) -> OUT/ablation.md. --hedging measures a
+first model that stalls, waited for, cut off or hedged -> OUT/hedging.md.
 BENCH_ENVOY_CPUS / BENCH_LOAD_CPUS choose the CPUs (taskset lists; default 0 and 1).";
 
 fn parse_args() -> Result<Args, String> {
@@ -259,6 +262,7 @@ fn parse_args() -> Result<Args, String> {
         quick: env_quick,
         report_only: false,
         ablation: false,
+        hedging: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -271,6 +275,7 @@ fn parse_args() -> Result<Args, String> {
             "--quick" => args.quick = true,
             "--report-only" => args.report_only = true,
             "--ablation" => args.ablation = true,
+            "--hedging" => args.hedging = true,
             "--envoy" => args.envoy = value()?,
             "--oha" => args.oha = value()?,
             "--mock" => args.mock = value()?,
@@ -321,6 +326,8 @@ fn main() -> ExitCode {
         report_again(&args)
     } else if args.ablation {
         run_ablation(&args)
+    } else if args.hedging {
+        run_hedging(&args)
     } else {
         run(&args)
     };
@@ -363,6 +370,37 @@ fn run_ablation(args: &Args) -> Result<(), String> {
         load_cpus.as_deref().unwrap_or("any"),
     );
     ablation::run(&setup, &args.out, &header)
+}
+
+fn run_hedging(args: &Args) -> Result<(), String> {
+    let (nproc, cpu_model) = system::machine();
+    let (envoy_cpus, load_cpus) = cpu_sets(nproc);
+    let tmp = args.out.join("tmp");
+    std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    let mock = Mock::start(&args.mock, load_cpus.as_deref())?;
+    let oha = Oha {
+        bin: &args.oha,
+        cpus: load_cpus.as_deref(),
+    };
+    let setup = hedging::Setup {
+        envoy_bin: &args.envoy,
+        oha: &oha,
+        mock: &mock,
+        paths: envoy_config::Paths {
+            example: &args.example,
+            wasm: &args.wasm,
+            noop_wasm: &args.noop_wasm,
+        },
+        envoy_cpus: envoy_cpus.as_deref(),
+        tmp: &tmp,
+        requests: if args.quick { 40 } else { 200 },
+    };
+    let commit = command_line("git", &["rev-parse", "--short", "HEAD"]);
+    let header = format!(
+        "{} on {nproc} CPUs ({cpu_model}), Envoy 1.40.0, filter at {commit}.",
+        command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+    );
+    hedging::run(&setup, &args.out, &header)
 }
 
 fn report_again(args: &Args) -> Result<(), String> {

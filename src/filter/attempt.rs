@@ -313,8 +313,10 @@ impl Attempt {
     /// Records the answer and, when another model may succeed, marks it for the
     /// router to retry. The last model's answer goes to the client as it came.
     fn conclude(&mut self, class: Class, excerpt: Option<String>) {
+        let mut hedging = false;
         if let Some(planned) = &self.planned {
             self.note_health(&planned.plan, &planned.record, class, class.name());
+            hedging = self.hedge_after_ms(&planned.plan).is_some();
         }
         let Some(planned) = &mut self.planned else {
             return;
@@ -323,13 +325,6 @@ impl Attempt {
         planned.record.error_excerpt = excerpt;
         planned.record.cluster = self.host.property_text(&["xds", "cluster_name"]);
         planned.record.host = self.host.property_text(&["upstream", "address"]);
-        let hedging = self
-            .prepared
-            .config
-            .settings(planned.plan.rule)
-            .budget
-            .hedge_after_ms
-            .is_some();
         let attempt = planned.attempt;
         if hedging {
             let number = attempt.to_string();

@@ -831,3 +831,45 @@ fn put_answer_last(records: &mut Vec<AttemptRecord>, answering: u32) {
 /// The class of a hedged request's attempt that was still waiting for its answer
 /// when another attempt's answer went to the client.
 const CANCELLED_CLASS: &str = "cancelled";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(model: &str, class: Option<&str>) -> AttemptRecord {
+        AttemptRecord {
+            model: model.into(),
+            class: class.map(str::to_string),
+            ..AttemptRecord::default()
+        }
+    }
+
+    fn listed(records: &[AttemptRecord]) -> Vec<(&str, Option<&str>)> {
+        records
+            .iter()
+            .map(|r| (r.model.as_str(), r.class.as_deref()))
+            .collect()
+    }
+
+    #[test]
+    fn the_answering_attempt_goes_last_and_the_waiting_ones_are_cancelled() {
+        let mut records = vec![
+            record("first", Some("success")),
+            record("second", None),
+            record("third", Some("failure_status")),
+        ];
+        put_answer_last(&mut records, 1);
+        assert_eq!(
+            listed(&records),
+            [
+                ("second", Some("cancelled")),
+                ("third", Some("failure_status")),
+                ("first", Some("success"))
+            ]
+        );
+        let mut unchanged = vec![record("first", None)];
+        put_answer_last(&mut unchanged, 2);
+        put_answer_last(&mut unchanged, 0);
+        assert_eq!(listed(&unchanged), [("first", None)], "no such attempt");
+    }
+}

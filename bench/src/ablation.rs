@@ -5,7 +5,7 @@
 //! rotated, against the no-op wasm arm of the same Envoy. Writes results/ablation.md.
 
 use crate::envoy_config::{self, FAILING, MODEL};
-use crate::oha::{Load, Oha};
+use crate::load::{Load, LoadTool};
 use crate::payload::{chat_body, Position};
 use crate::system::{clock_ticks_per_second, cpu_ticks, Mock};
 use std::fmt::Write as _;
@@ -38,7 +38,7 @@ pub const PARTS: [(Option<&str>, &str); 7] = [
 
 pub struct Setup<'a> {
     pub envoy_bin: &'a Path,
-    pub oha: &'a Oha<'a>,
+    pub load_tool: &'a LoadTool<'a>,
     pub mock: &'a Mock,
     pub example: &'a Path,
     pub noop_wasm: &'a Path,
@@ -87,11 +87,11 @@ fn measure(setup: &Setup<'_>, wasm: &Path, body_dir: &Path) -> Result<Costs, Str
             connections: 4,
         };
         setup
-            .oha
+            .load_tool
             .run(&url, &body, count(500), Duration::ZERO, 200)?;
         let before = cpu_ticks(envoy.pid());
         let run = setup
-            .oha
+            .load_tool
             .run(&url, &body, count(setup.requests), Duration::ZERO, 200)?;
         let used = cpu_ticks(envoy.pid()).saturating_sub(before) as f64;
         if model == MODEL && run.expected != u64::from(setup.requests) {

@@ -1,7 +1,7 @@
 //! `bench`: ai-fallback's side-by-side benchmark (`make bench`).
 //!
 //! One Envoy (`--concurrency 1`) with one listener per arm, the project's mock as the
-//! upstream, oha as the load. Arms run in rounds, their order rotated from round to
+//! upstream, bench-load (src/bin/bench-load.rs) as the load. Arms run in rounds, their order rotated from round to
 //! round and from payload to payload, so that drift on a shared machine spreads over
 //! all of them. Every figure is compared with the router-only arm of the same run.
 //! Writes results/bench.md, results/bench.svg, results/bench.json and the README's
@@ -10,13 +10,13 @@
 mod ablation;
 mod envoy_config;
 mod hedging;
-mod oha;
+mod load;
 mod payload;
 mod report;
 mod system;
 
 use envoy_config::{FAILING, MODEL};
-use oha::{Load, Oha, Run};
+use load::{Load, LoadTool, Run};
 use payload::{chat_body, Position, Size};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -223,7 +223,7 @@ pub struct Outcome {
 
 struct Args {
     envoy: PathBuf,
-    oha: PathBuf,
+    load: PathBuf,
     mock: PathBuf,
     wasm: PathBuf,
     noop_wasm: PathBuf,
@@ -238,7 +238,7 @@ struct Args {
 }
 
 const USAGE: &str =
-    "usage: bench [--quick | --report-only | --ablation | --hedging] [--envoy BIN] [--oha BIN] [--mock BIN] [--wasm FILE]
+    "usage: bench [--quick | --report-only | --ablation | --hedging] [--envoy BIN] [--load BIN] [--mock BIN] [--wasm FILE]
              [--noop-wasm FILE] [--example envoy.yaml] [--out DIR] [--rewrite-json FILE]
              [--readme README.md]
 Run from the repository root (make bench). BENCH_QUICK=1 is --quick. --report-only
@@ -251,7 +251,7 @@ fn parse_args() -> Result<Args, String> {
     let env_quick = std::env::var("BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
     let mut args = Args {
         envoy: testkit::envoy_bin(),
-        oha: PathBuf::from(".tools/bin/oha"),
+        load: PathBuf::from("target/release/bench-load"),
         mock: PathBuf::from("target/release/mock-upstream"),
         wasm: PathBuf::from("target/wasm32-wasip1/release/ai_fallback.wasm"),
         noop_wasm: PathBuf::from("target/noop-wasm/wasm32-wasip1/release/noop_wasm.wasm"),
@@ -277,7 +277,7 @@ fn parse_args() -> Result<Args, String> {
             "--ablation" => args.ablation = true,
             "--hedging" => args.hedging = true,
             "--envoy" => args.envoy = value()?,
-            "--oha" => args.oha = value()?,
+            "--load" => args.load = value()?,
             "--mock" => args.mock = value()?,
             "--wasm" => args.wasm = value()?,
             "--noop-wasm" => args.noop_wasm = value()?,
@@ -294,7 +294,7 @@ fn parse_args() -> Result<Args, String> {
     }
     for (what, path) in [
         ("Envoy", &args.envoy),
-        ("oha", &args.oha),
+        ("bench-load", &args.load),
         ("mock-upstream", &args.mock),
         ("ai_fallback.wasm", &args.wasm),
         ("noop_wasm.wasm", &args.noop_wasm),
@@ -359,7 +359,7 @@ fn side_run(args: &Args) -> Result<Side, String> {
     let commit = command_line("git", &["rev-parse", "--short", "HEAD"]);
     let header = format!(
         "{} on {nproc} CPUs ({cpu_model}), Envoy 1.40.0, filter at {commit}; Envoy on CPU {}, \
-         oha and the mock on CPU {}.",
+         the load and the mock on CPU {}.",
         command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
         envoy_cpus.as_deref().unwrap_or("any"),
         load_cpus.as_deref().unwrap_or("any"),
@@ -375,13 +375,13 @@ fn side_run(args: &Args) -> Result<Side, String> {
 
 fn run_ablation(args: &Args) -> Result<(), String> {
     let side = side_run(args)?;
-    let oha = Oha {
-        bin: &args.oha,
+    let load_tool = LoadTool {
+        bin: &args.load,
         cpus: side.load_cpus.as_deref(),
     };
     let setup = ablation::Setup {
         envoy_bin: &args.envoy,
-        oha: &oha,
+        load_tool: &load_tool,
         mock: &side.mock,
         example: &args.example,
         noop_wasm: &args.noop_wasm,
@@ -395,13 +395,13 @@ fn run_ablation(args: &Args) -> Result<(), String> {
 
 fn run_hedging(args: &Args) -> Result<(), String> {
     let side = side_run(args)?;
-    let oha = Oha {
-        bin: &args.oha,
+    let load_tool = LoadTool {
+        bin: &args.load,
         cpus: side.load_cpus.as_deref(),
     };
     let setup = hedging::Setup {
         envoy_bin: &args.envoy,
-        oha: &oha,
+        load_tool: &load_tool,
         mock: &side.mock,
         paths: envoy_config::Paths {
             example: &args.example,
@@ -423,7 +423,7 @@ fn report_again(args: &Args) -> Result<(), String> {
     report::write(&report::outcome_from_json(&json)?, &args.out, &args.readme)
 }
 
-/// CPUs for Envoy and for the load (oha and the mock): one each when there are two.
+/// CPUs for Envoy and for the load (the load and the mock): one each when there are two.
 fn cpu_sets(nproc: usize) -> (Option<String>, Option<String>) {
     let envoy = std::env::var("BENCH_ENVOY_CPUS").ok();
     let load = std::env::var("BENCH_LOAD_CPUS").ok();
@@ -453,7 +453,7 @@ fn run(args: &Args) -> Result<(), String> {
     let mut warnings = Vec::new();
 
     eprintln!(
-        "bench: {} run on {nproc} CPUs ({cpu_model}); Envoy on CPU {}, oha and the mock on CPU {}",
+        "bench: {} run on {nproc} CPUs ({cpu_model}); Envoy on CPU {}, the load and the mock on CPU {}",
         if settings.quick { "quick" } else { "full" },
         envoy_cpus.as_deref().unwrap_or("any"),
         load_cpus.as_deref().unwrap_or("any"),
@@ -498,8 +498,8 @@ fn run(args: &Args) -> Result<(), String> {
         &tmp.join("envoy"),
         envoy_cpus.as_deref(),
     )?;
-    let oha = Oha {
-        bin: &args.oha,
+    let load_tool = LoadTool {
+        bin: &args.load,
         cpus: load_cpus.as_deref(),
     };
     let url = |arm: &Arm, envoy: &Envoy| -> Result<String, String> {
@@ -536,7 +536,7 @@ fn run(args: &Args) -> Result<(), String> {
     }
     eprintln!("bench: every arm answers as expected; warming up");
     for arm in &ARMS {
-        oha.run(
+        load_tool.run(
             &url(arm, &envoy)?,
             body(16 * 1024, Position::First, arm.model)?,
             Load::Closed { connections: 8 },
@@ -570,7 +570,7 @@ fn run(args: &Args) -> Result<(), String> {
             );
             for arm in order {
                 let sample = measure(
-                    &oha,
+                    &load_tool,
                     &envoy,
                     &mock,
                     &settings,
@@ -629,7 +629,7 @@ fn run(args: &Args) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(500));
         let before_rss = process::rss_kib(envoy.pid());
         let before_allocated = envoy.heap_allocated();
-        let burst = oha.run(
+        let burst = load_tool.run(
             &url(arm, &envoy)?,
             body(1024 * 1024, Position::First, arm.model)?,
             Load::Count {
@@ -683,7 +683,7 @@ fn run(args: &Args) -> Result<(), String> {
         load: (load_at_start, system::load_average()),
         revision: revision(),
         pinning: format!(
-            "Envoy pinned to CPU {}, oha and the mock to CPU {}",
+            "Envoy pinned to CPU {}, the load and the mock to CPU {}",
             envoy_cpus.as_deref().unwrap_or("any"),
             load_cpus.as_deref().unwrap_or("any")
         ),
@@ -698,7 +698,7 @@ fn run(args: &Args) -> Result<(), String> {
 /// (throughput).
 #[allow(clippy::too_many_arguments)]
 fn measure(
-    oha: &Oha<'_>,
+    load_tool: &LoadTool<'_>,
     envoy: &Envoy,
     mock: &Mock,
     settings: &Settings,
@@ -709,7 +709,7 @@ fn measure(
 ) -> Result<Sample, String> {
     let mut sample = Sample::default();
     let (envoy_before, mock_before) = (cpu_ticks(envoy.pid()), cpu_ticks(mock.pid()));
-    sample.open = oha.run(
+    sample.open = load_tool.run(
         url,
         body,
         Load::Open {
@@ -725,7 +725,7 @@ fn measure(
     if arm.closed {
         let before = cpu_ticks(envoy.pid());
         let started = Instant::now();
-        sample.closed = Some(oha.run(
+        sample.closed = Some(load_tool.run(
             url,
             body,
             Load::Closed {

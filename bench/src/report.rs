@@ -622,7 +622,7 @@ pub fn write(outcome: &Outcome, out_dir: &Path, readme: &Path) -> Result<(), Str
          (`mock-upstream`, which parses every body as JSON and answers from its `model`). \
          Every listener is the example `envoy/envoy.yaml` connection manager (without its \
          access log, which would cost every arm the same); only the filters differ. \
-         Arms: *direct* (oha to the mock, no Envoy); *router* (the router alone, no upstream \
+         Arms: *direct* (the load to the mock, no Envoy); *router* (the router alone, no upstream \
          filters); *no-op wasm* (an empty proxy-wasm filter before the router and in its \
          upstream filters, where ai-fallback's two roles go); *ai-fallback* (the example's \
          filters as shipped); *Lua* (`envoy.filters.http.lua` in the same two places: it \
@@ -633,8 +633,10 @@ pub fn write(outcome: &Outcome, out_dir: &Path, readme: &Path) -> Result<(), Str
          that 502 once.\n\
          - Bodies: chat completions of exactly 1 KiB, 16 KiB, 200 KiB and 1 MiB (turns of \
          ~2 KiB with escapes), `model` as the first or the last top-level key.\n\
-         - Load: oha, open loop at a fixed rate ({r16} req/s up to 16 KiB, {r200} at 200 KiB, \
-         {r1m} at 1 MiB) for {open:.1} s with `--latency-correction` over {oc} connections \
+         - Load: `bench-load` (bench/src/bin/bench-load.rs: one blocking thread per \
+         keep-alive HTTP/1.1 connection), open loop at a fixed rate ({r16} req/s up to \
+         16 KiB, {r200} at 200 KiB, {r1m} at 1 MiB) for {open:.1} s over {oc} connections, \
+         each request's latency counted from when it was due, to its answer's end \
          (latency, Envoy CPU per request), then closed loop with {cc} connections for \
          {closed:.1} s (throughput). {rounds} round(s); in each the arms' order is rotated by \
          one from the previous payload and round. Latencies are medians over the rounds of \
@@ -642,7 +644,7 @@ pub fn write(outcome: &Outcome, out_dir: &Path, readme: &Path) -> Result<(), Str
          (/proc/<pid>/stat, {tps} ticks/s) over all rounds' open-loop requests; the \
          closed-loop column is the same over the closed-loop runs, where Envoy is at or near \
          saturation and pays less per request for waking up.\n\
-         - Closed-loop throughput is what this machine gives with oha and the mock sharing \
+         - Closed-loop throughput is what this machine gives with the load and the mock sharing \
          one CPU: when *Envoy busy* is well under 100%, the client side is the limit and the \
          throughput ratio says little; CPU per request is then the better measure of Envoy's cost.\n\
          - Envoy's CPU per request includes its idle work during the run (timers, stats), the \
@@ -776,7 +778,7 @@ pub fn outcome_from_json(v: &Value) -> Result<Outcome, String> {
         for round in rounds {
             let closed = round["closed_rps"].as_f64().map(|rps| {
                 let requests = count(&round["closed_requests"]);
-                crate::oha::Run {
+                crate::load::Run {
                     requests,
                     expected: requests,
                     seconds: if rps > 0.0 {
@@ -788,7 +790,7 @@ pub fn outcome_from_json(v: &Value) -> Result<Outcome, String> {
                 }
             });
             list.push(Sample {
-                open: crate::oha::Run {
+                open: crate::load::Run {
                     requests: count(&round["requests"]),
                     expected: count(&round["expected"]),
                     p50_us: number(&round["p50_us"]),

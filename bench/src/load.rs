@@ -1,4 +1,4 @@
-//! Running oha (the load tool) and reading its JSON summary.
+//! Running the load (`bench-load`, src/bin/bench-load.rs) and reading its summary.
 
 use serde_json::Value;
 use std::path::Path;
@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use testkit::process::pinned;
 
-/// How oha drives an arm.
+/// How the load drives an arm.
 #[derive(Clone, Copy, Debug)]
 pub enum Load {
     /// Open loop: `rate` requests per second whatever the answers' latency, latency
-    /// counted from when each request was due (oha `--latency-correction`).
+    /// counted from when each request was due.
     Open { rate: u32, connections: u32 },
     /// Closed loop: `connections` clients, each sending its next request as soon as
     /// the previous answer arrived.
@@ -20,13 +20,13 @@ pub enum Load {
     Count { requests: u32, connections: u32 },
 }
 
-/// What one oha run measured. Latencies in microseconds.
+/// What one load run measured. Latencies in microseconds.
 #[derive(Clone, Debug, Default)]
 pub struct Run {
     pub requests: u64,
     /// Answers with the expected status.
     pub expected: u64,
-    /// Seconds the run lasted, as oha reports it.
+    /// Seconds the run lasted, the last answers included.
     pub seconds: f64,
     pub p50_us: f64,
     pub p90_us: f64,
@@ -46,12 +46,12 @@ impl Run {
     }
 }
 
-pub struct Oha<'a> {
+pub struct LoadTool<'a> {
     pub bin: &'a Path,
     pub cpus: Option<&'a str>,
 }
 
-impl Oha<'_> {
+impl LoadTool<'_> {
     /// POSTs `body_file` to `url` for `duration` (ignored by `Load::Count`).
     pub fn run(
         &self,
@@ -62,50 +62,43 @@ impl Oha<'_> {
         expected_status: u16,
     ) -> Result<Run, String> {
         let mut command: Command = pinned(self.cpus, self.bin);
-        command
-            .args(["--no-tui", "--output-format", "json"])
-            .args(["-m", "POST", "-T", "application/json"])
-            .arg("-D")
-            .arg(body_file);
+        command.args(["--url", url]).arg("--body").arg(body_file);
+        let millis = duration.as_millis().to_string();
         match load {
             Load::Open { rate, connections } => {
                 command
-                    .arg("-z")
-                    .arg(format!("{}ms", duration.as_millis()))
-                    .args(["-w", "-q", &rate.to_string(), "--latency-correction"])
-                    .args(["-c", &connections.to_string()]);
+                    .args(["--rate", &rate.to_string(), "--duration", &millis])
+                    .args(["--connections", &connections.to_string()]);
             }
             Load::Closed { connections } => {
                 command
-                    .arg("-w")
-                    .arg("-z")
-                    .arg(format!("{}ms", duration.as_millis()))
-                    .args(["-c", &connections.to_string()]);
+                    .args(["--duration", &millis])
+                    .args(["--connections", &connections.to_string()]);
             }
             Load::Count {
                 requests,
                 connections,
             } => {
                 command
-                    .args(["-n", &requests.to_string()])
-                    .args(["-c", &connections.to_string()]);
+                    .args(["--requests", &requests.to_string()])
+                    .args(["--connections", &connections.to_string()]);
             }
         }
         let output = command
-            .arg(url)
             .stdin(Stdio::null())
             .output()
             .map_err(|e| format!("cannot run {}: {e}", self.bin.display()))?;
         if !output.status.success() {
             return Err(format!(
-                "oha failed ({}): {}",
+                "{} failed ({}): {}",
+                self.bin.display(),
                 output.status,
                 String::from_utf8_lossy(&output.stderr)
             ));
         }
         let json: Value = serde_json::from_slice(&output.stdout).map_err(|e| {
             format!(
-                "oha's output is not JSON ({e}): {}",
+                "the load's output is not JSON ({e}): {}",
                 String::from_utf8_lossy(&output.stdout)
             )
         })?;
@@ -114,23 +107,19 @@ impl Oha<'_> {
 }
 
 fn parse(json: &Value, expected_status: u16) -> Run {
-    let micros = |key: &str| json["latencyPercentiles"][key].as_f64().unwrap_or(f64::NAN) * 1e6;
-    let codes = json["statusCodeDistribution"].as_object();
-    let requests_ok: u64 = codes
-        .into_iter()
-        .flatten()
-        .map(|(_, n)| n.as_u64().unwrap_or(0))
-        .sum();
+    let micros = |key: &str| json[key].as_f64().unwrap_or(f64::NAN);
+    let count = |map: Option<&serde_json::Map<String, Value>>| -> u64 {
+        map.into_iter()
+            .flatten()
+            .map(|(_, n)| n.as_u64().unwrap_or(0))
+            .sum()
+    };
+    let codes = json["statuses"].as_object();
+    let errors_map = json["errors"].as_object();
     let expected = codes
         .and_then(|c| c.get(&expected_status.to_string()))
         .and_then(Value::as_u64)
         .unwrap_or(0);
-    let errors_map = json["errorDistribution"].as_object();
-    let errors: u64 = errors_map
-        .into_iter()
-        .flatten()
-        .map(|(_, n)| n.as_u64().unwrap_or(0))
-        .sum();
     let describe = |map: Option<&serde_json::Map<String, Value>>| {
         map.into_iter()
             .flatten()
@@ -139,12 +128,12 @@ fn parse(json: &Value, expected_status: u16) -> Run {
             .join(", ")
     };
     Run {
-        requests: requests_ok + errors,
+        requests: count(codes) + count(errors_map),
         expected,
-        seconds: json["summary"]["total"].as_f64().unwrap_or(0.0),
-        p50_us: micros("p50"),
-        p90_us: micros("p90"),
-        p99_us: micros("p99"),
+        seconds: json["seconds"].as_f64().unwrap_or(0.0),
+        p50_us: micros("p50_us"),
+        p90_us: micros("p90_us"),
+        p99_us: micros("p99_us"),
         statuses: describe(codes),
         errors: describe(errors_map),
     }

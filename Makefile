@@ -44,10 +44,10 @@ build: setup ## build the filter (.wasm) and the mock upstream
 
 # Binaryen's wasm-opt (Debian's `binaryen`) makes the module about a fifth smaller
 # than rustc alone. wasm-opt 108 does not read the module's features: these are the
-# ones rustc's wasm32-wasip1 target enables. Without wasm-opt (no apt-get) the build
-# says so and keeps rustc's module.
+# ones rustc's wasm32-wasip1 target enables, and SIMD (src/body.rs's scan). Without
+# wasm-opt (no apt-get) the build says so and keeps rustc's module.
 WASM_OPT_FLAGS := -Oz --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
-  --enable-nontrapping-float-to-int --enable-multivalue --enable-reference-types
+  --enable-nontrapping-float-to-int --enable-multivalue --enable-reference-types --enable-simd
 
 wasm-opt-tool:
 	$(call debian_install,wasm-opt,binaryen)

@@ -254,8 +254,8 @@ fn find_any(body: &[u8], from: usize, needles: &[u8]) -> Option<usize> {
 }
 
 /// Sixteen bytes a step with wasm's 128-bit SIMD (V8 runs it on SSE or NEON): twice
-/// as fast in V8 as eight bytes a step, on the bench's chat bodies. Every runtime
-/// Envoy, Istio and Envoy Gateway ship (V8, Wasmtime, WAMR) has it.
+/// as fast in V8 as eight bytes a step, on the bench's chat bodies. V8, the runtime
+/// of Envoy, Istio and Envoy Gateway, and Wasmtime have it.
 #[cfg(target_arch = "wasm32")]
 #[target_feature(enable = "simd128")]
 fn find_any(body: &[u8], from: usize, needles: &[u8]) -> Option<usize> {

@@ -34,6 +34,9 @@ pub struct Attempt {
     /// This attempt ended itself with no model left to send (hedging only): its
     /// own reply passes untouched.
     replied_beyond_chain: bool,
+    /// The answer came with the router's retry header: the upstream's, never the
+    /// router's to act on.
+    upstream_asked_for_retry: bool,
     response: Response,
 }
 
@@ -97,6 +100,7 @@ impl Attempt {
             pending_rewrite: None,
             first_without_plan: None,
             replied_beyond_chain: false,
+            upstream_asked_for_retry: false,
             response: Response::Idle,
         }
     }
@@ -358,9 +362,11 @@ impl Attempt {
             {
                 warn!("#{} cannot ask for a retry ({status:?})", self.id);
             }
-        } else if let Err(status) = self.host.set_response_header(RETRY_HEADER, None) {
+        } else if self.upstream_asked_for_retry {
             // An upstream that sends the header itself must not make the router retry.
-            warn!("#{} cannot remove {RETRY_HEADER} ({status:?})", self.id);
+            if let Err(status) = self.host.set_response_header(RETRY_HEADER, None) {
+                warn!("#{} cannot remove {RETRY_HEADER} ({status:?})", self.id);
+            }
         }
         let watch_stream = class == Class::Success
             && planned.plan.stream
@@ -640,6 +646,7 @@ impl Attempt {
         };
         // One read for every header this role looks at.
         let headers = self.host.headers(Map::Response).unwrap_or_default();
+        self.upstream_asked_for_retry = headers.get(RETRY_HEADER).is_some();
         let status = headers.status();
         let record = &mut planned.record;
         record.status = Some(status);

@@ -56,6 +56,8 @@ pub struct Gateway {
     path: String,
     /// The API the request speaks, for the shape of the filter's own errors.
     api: Api,
+    /// The route's name (`xds.route_name`), once read.
+    route: Option<String>,
     /// What became of the client's `x-ai-fallback-models`, if it sent one.
     client_chain: Option<ClientChain>,
     /// The body so far, while it passes (`Reading::Passing`).
@@ -113,8 +115,18 @@ impl Gateway {
             skipped: Vec::new(),
             path: String::new(),
             api: Api::OpenAi,
+            route: None,
             client_chain: None,
         }
+    }
+
+    /// The route's name, read from the host once.
+    fn route_name(&mut self) -> &str {
+        let host = &self.host;
+        self.route.get_or_insert_with(|| {
+            host.property_text(&["xds", "route_name"])
+                .unwrap_or_default()
+        })
     }
 
     fn settings(&self) -> &Settings {
@@ -126,10 +138,7 @@ impl Gateway {
         if self.prepared.config.rules.is_empty() {
             return;
         }
-        let route_name = self
-            .host
-            .property_text(&["xds", "route_name"])
-            .unwrap_or_default();
+        let route_name = self.route_name().to_string();
         let metadata_rule = self.host.property_text(&[
             "xds",
             "route_metadata",
@@ -290,13 +299,27 @@ impl Gateway {
             }
             return (records, *budget_refused);
         }
-        let mut records: Vec<AttemptRecord> = (1..=MAX_ATTEMPTS)
-            .map_while(|attempt| {
-                self.host
-                    .property(&[&attempt_property(attempt)])
-                    .and_then(|bytes| AttemptRecord::decode(&bytes))
-            })
-            .collect();
+        let hedging = self.settings().budget.hedge_after_ms.is_some();
+        let mut records: Vec<AttemptRecord> = Vec::new();
+        for attempt in 1..=MAX_ATTEMPTS {
+            let Some(record) = self
+                .host
+                .property(&[&attempt_property(attempt)])
+                .and_then(|bytes| AttemptRecord::decode(&bytes))
+            else {
+                break;
+            };
+            // Without hedging, an answer that asked for no retry was the last one.
+            let last = !hedging
+                && match (&self.plan, record.class()) {
+                    (Some(plan), Some(class)) => !plan.has_next(record.step(), class),
+                    _ => false,
+                };
+            records.push(record);
+            if last {
+                break;
+            }
+        }
         let budget_refused = records.last().is_some_and(|r| r.refused_for_budget);
         if budget_refused {
             records.pop();
@@ -387,11 +410,7 @@ impl Gateway {
         if cfg!(feature = "ablate-record") && cfg!(feature = "ablate-stats") {
             return;
         }
-        let route = self
-            .host
-            .property_text(&["xds", "route_name"])
-            .unwrap_or_default();
-
+        let route = self.route_name().to_string();
         let mut records = match &self.plan {
             Some(_) => self.attempt_records().0,
             None => Vec::new(),
@@ -645,6 +664,8 @@ impl Gateway {
         self.control_router(router.headers_before_body(client_chain_len, client_deadline_ms));
         if !cfg!(feature = "ablate-plan") {
             self.reading = Reading::Passing;
+            // Room for the whole body at once: growing it would copy it again.
+            self.body.reserve(declared_len.unwrap_or(0));
         }
         Action::Continue
     }

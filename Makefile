@@ -38,7 +38,7 @@ $(VENV)/.cel-python-$(CEL_PYTHON_VERSION): $(VENV)/.envoy-$(ENVOY_VERSION)
 
 build: setup ## build the filter (.wasm) and the mock upstream
 	cargo build --release --target wasm32-wasip1 -p ai-fallback
-	$(call optimize_wasm,$(WASM))
+	@$(WASM_OPTIMIZE) $(WASM)
 	cargo build --release -p mock-upstream
 	@ls -l $(WASM) | awk '{print "built $(WASM): " $$5 " bytes"}'
 
@@ -52,15 +52,15 @@ WASM_OPT_FLAGS := -Oz --enable-bulk-memory --enable-sign-ext --enable-mutable-gl
 wasm-opt-tool:
 	$(call debian_install,wasm-opt,binaryen)
 
-# Optimizes $(1) when it is cargo's own module again: cargo puts back its copy of
-# deps/<name>.wasm on every build, even when nothing changed.
-define optimize_wasm
-	@out=$(1); built=$$(dirname $$out)/deps/$$(basename $$out); \
-	if ! command -v wasm-opt >/dev/null; then echo "wasm-opt not found: $$out is rustc's, not optimized"; \
-	elif cmp -s $$built $$out; then \
-	  wasm-opt $(WASM_OPT_FLAGS) $$built -o $$out.tmp && mv $$out.tmp $$out; \
-	fi
-endef
+# Optimizes the module at the path it is given when that is cargo's own module
+# again: cargo puts back its copy of deps/<name>.wasm on every build, even when
+# nothing changed.
+WASM_OPTIMIZE := optimize_wasm() { \
+	  out=$$1; built=$$(dirname $$out)/deps/$$(basename $$out); \
+	  if ! command -v wasm-opt >/dev/null; then echo "wasm-opt not found: $$out is rustc's, not optimized"; \
+	  elif cmp -s $$built $$out; then \
+	    wasm-opt $(WASM_OPT_FLAGS) $$built -o $$out.tmp && mv $$out.tmp $$out; \
+	  fi; }; optimize_wasm
 
 run: build ## start the demo: Envoy on 127.0.0.1:10000 in front of the mock on 127.0.0.1:10001
 	@$(MOCK_BIN) --listen 127.0.0.1:10001 & mock=$$!; \
@@ -131,9 +131,8 @@ bench-ablation: build ## what each part of the filter costs, by switching it off
 	cargo build --locked --release --target wasm32-wasip1 --manifest-path bench/noop-wasm/Cargo.toml --target-dir target/noop-wasm
 	for part in $(ABLATE_PARTS); do \
 	  CARGO_TARGET_DIR=target/ablate-$$part cargo build --locked --release --target wasm32-wasip1 -p ai-fallback --features ablate-$$part || exit 1; \
+	  $(WASM_OPTIMIZE) target/ablate-$$part/wasm32-wasip1/release/ai_fallback.wasm || exit 1; \
 	done
-	$(foreach part,$(ABLATE_PARTS),$(call optimize_wasm,target/ablate-$(part)/wasm32-wasip1/release/ai_fallback.wasm)
-	)
 	cargo build --release -p bench
 	target/release/bench --ablation
 

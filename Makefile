@@ -107,7 +107,6 @@ endef
 prometheus-tools:
 	$(call debian_install,promtool prometheus,prometheus)
 
-
 bench: build ## side-by-side benchmark -> results/bench.md, .svg, README Performance (BENCH_QUICK=1: ~2 min)
 	cargo build --locked --release --target wasm32-wasip1 --manifest-path bench/noop-wasm/Cargo.toml --target-dir target/noop-wasm
 	mkdir -p results/tmp

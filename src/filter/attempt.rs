@@ -60,6 +60,12 @@ struct Planned {
     record: AttemptRecord,
 }
 
+/// How much earlier than `hedge_after_ms` after an attempt's start (as this role saw
+/// it) the router's per-try timeout can start the next one: libevent counts Envoy's
+/// timers from the time its loop woke at, which under load is a few milliseconds
+/// behind (seen in CI: a hedge recorded as an ordinary retry).
+const HEDGE_TIMER_EARLY_MS: u64 = 5;
+
 /// How long before the router's per-try timeout a held answer goes on: a few ticks.
 const RELEASE_MARGIN_MS: u64 = 3 * TICK_MS;
 
@@ -141,7 +147,9 @@ impl Attempt {
         // The router's per-try timeout starts no earlier than the previous attempt:
         // an attempt that follows an unanswered one sooner followed its reset.
         let hedged = unanswered
-            && hedge_after.is_some_and(|after| now.saturating_sub(record.start_ms) >= after);
+            && hedge_after.is_some_and(|after| {
+                now.saturating_sub(record.start_ms) >= after.saturating_sub(HEDGE_TIMER_EARLY_MS)
+            });
         if hedge_after.is_some() {
             let has_next = match record.class() {
                 Some(class) => plan.has_next(record.step(), class),

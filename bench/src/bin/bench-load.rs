@@ -153,7 +153,7 @@ fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
 }
 
 /// Reads one answer (status line, headers, a body framed by `content-length`, by
-/// chunks or by the connection's end) and takes it out of `buffer`; its status and
+/// chunks or by the connection's end; none after 1xx, 204 and 304) and takes it out of `buffer`; its status and
 /// whether the connection stays open.
 fn read_answer(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Result<(u16, bool), String> {
     let head_end = loop {
@@ -175,7 +175,9 @@ fn read_answer(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Result<(u16, boo
             .map(|(_, value)| value.trim().to_string())
     };
     let keep_alive = header("connection").is_none_or(|value| value != "close");
-    let end = if let Some(length) = header("content-length") {
+    let end = if status == 204 || status == 304 || status < 200 {
+        head_end
+    } else if let Some(length) = header("content-length") {
         let length: usize = length.parse().map_err(|_| "read: bad content-length")?;
         while buffer.len() < head_end + length {
             fill(stream, buffer)?;

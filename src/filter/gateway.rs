@@ -664,8 +664,6 @@ impl Gateway {
         self.control_router(router.headers_before_body(client_chain_len, client_deadline_ms));
         if !cfg!(feature = "ablate-plan") {
             self.reading = Reading::Passing;
-            // Room for the whole body at once: growing it would copy it again.
-            self.body.reserve(declared_len.unwrap_or(0));
         }
         Action::Continue
     }
@@ -688,6 +686,8 @@ impl Gateway {
                 }
                 if body_size > 0 {
                     match self.host.body(Body::Request, 0, body_size) {
+                        // Most bodies come in one chunk: it becomes the body as it is.
+                        Some(chunk) if self.body.is_empty() => self.body = chunk,
                         Some(chunk) => self.body.extend_from_slice(&chunk),
                         None => {
                             warn!("#{} cannot read the body", self.id);

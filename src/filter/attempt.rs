@@ -765,3 +765,59 @@ impl Attempt {
         self.prepared.deadlines.clear(self.host.as_ref(), self.id);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, Role};
+    use crate::filter::fake::FakeHost;
+    use crate::plan::{decide, BodyDecision, RequestStart};
+
+    const STARTED_MS: u64 = 1_000_000;
+
+    /// The second attempt, as it follows a first one that started at `STARTED_MS`
+    /// and has no answer yet, `after_ms` later.
+    fn second_attempt_after(after_ms: u64) -> Next {
+        let config = Config::parse(br#"{"chains": {"a": ["b"]}, "hedge_after_ms": 300}"#).unwrap();
+        let prepared = Rc::new(Prepared::new(config, Role::Attempt));
+        let host = Rc::new(FakeHost::default());
+        let start = RequestStart {
+            started_ms: STARTED_MS,
+            client_deadline_ms: None,
+        };
+        let body = br#"{"model":"a","messages":[]}"#;
+        let settings = prepared.config.settings(0);
+        let path = "/v1/chat/completions";
+        let plan = match decide(settings, 0, start, path, body, None, &mut |_, _| Ok(())) {
+            BodyDecision::Fallback(plan, _) => *plan,
+            other => panic!("expected a plan, got {other:?}"),
+        };
+        let first = AttemptRecord {
+            model: "a".into(),
+            start_ms: STARTED_MS,
+            ..AttemptRecord::default()
+        };
+        host.state
+            .borrow_mut()
+            .properties
+            .insert(attempt_property(1), first.encode().into_bytes());
+        let attempt = Attempt::new(2, prepared, host);
+        attempt.step_for(&plan, 2, STARTED_MS + after_ms)
+    }
+
+    fn hedged(next: Next) -> Option<bool> {
+        match next {
+            Next::Step { hedged, .. } => Some(hedged),
+            Next::BeyondChain => None,
+        }
+    }
+
+    #[test]
+    fn an_attempt_started_by_the_per_try_timer_a_little_early_is_a_hedge() {
+        assert_eq!(hedged(second_attempt_after(300)), Some(true));
+        // Envoy's timer counts from when its loop woke, before this role's clock.
+        assert_eq!(hedged(second_attempt_after(297)), Some(true));
+        // A retry after a reset, well before the hedge delay, is not one.
+        assert_eq!(hedged(second_attempt_after(100)), Some(false));
+    }
+}

@@ -25,8 +25,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 struct Options {
+    /// `host:port`, also the `host` header.
     address: String,
-    host: String,
     path: String,
     body: Vec<u8>,
     connections: u32,
@@ -74,7 +74,6 @@ fn options() -> Result<Options, String> {
     }
     Ok(Options {
         address: address.to_string(),
-        host: address.to_string(),
         path: path.to_string(),
         body: body.ok_or(USAGE)?,
         connections: connections.max(1),
@@ -264,7 +263,7 @@ fn main() -> ExitCode {
         "POST {} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\n\
          content-length: {}\r\n\r\n",
         options.path,
-        options.host,
+        options.address,
         options.body.len()
     )
     .into_bytes();

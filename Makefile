@@ -122,8 +122,8 @@ bench-hedging: build ## a first model that stalls: waited for, cut off, or hedge
 	target/release/bench --hedging
 
 # The ablation table (results/ablation.md): one bench-only build per part switched off
-# (the crate's ablate-* features), each measured in its own Envoy. BENCH_QUICK=1: one round.
-ABLATE_PARTS := record stats usage inspect plan attempt
+# (the crate's ablate-* features), all measured side by side in one Envoy. BENCH_QUICK=1: one round.
+ABLATE_PARTS := record stats usage inspect plan attempt control
 .PHONY: bench-ablation
 
 bench-ablation: build ## what each part of the filter costs, by switching it off in bench-only builds -> results/ablation.md

@@ -1,20 +1,25 @@
 //! `bench --ablation` (`make bench-ablation`): what each part of the filter costs,
 //! measured by switching it off in a bench-only build (the crate's `ablate-*`
 //! features; the shipped module has none) and comparing Envoy's CPU per request with
-//! the full module's. Each build runs in its own Envoy, in rounds with the order
-//! rotated, against the no-op wasm arm of the same Envoy. Writes results/ablation.md.
+//! the full module's. Every build has its own listener (and VM) in one Envoy, beside
+//! the router-only, no-op wasm and Lua arms, measured in rounds with the order
+//! rotated: the builds are compared in the same process, whose cost per request
+//! moves from one Envoy to the next by more than most parts cost. Writes
+//! results/ablation.md.
 
 use crate::envoy_config::{self, FAILING, MODEL};
 use crate::load::{Load, LoadTool};
 use crate::payload::{chat_body, Position};
 use crate::system::{clock_ticks_per_second, cpu_ticks, Mock};
+use serde_json::{json, Value};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use testkit::config::for_each_wasm_filter;
 
 /// The builds: the feature switched off (`None`: the shipped module), and what that
 /// part is.
-pub const PARTS: [(Option<&str>, &str); 7] = [
+pub const PARTS: [(Option<&str>, &str); 8] = [
     (None, "nothing: the full module"),
     (
         Some("record"),
@@ -34,6 +39,17 @@ pub const PARTS: [(Option<&str>, &str); 7] = [
         Some("attempt"),
         "the attempt role (a no-op context in its place)",
     ),
+    (
+        Some("control"),
+        "the router's retry headers (Envoy's retry state and body copy, which the Lua arm sets up too)",
+    ),
+];
+
+/// The arms every build is compared with, from the bench's own config.
+const REFERENCES: [(&str, &str, bool); 3] = [
+    ("router", "Envoy router only", false),
+    ("noop", "no-op wasm, both places", false),
+    ("lua", "Lua rewrite", true),
 ];
 
 pub struct Setup<'a> {
@@ -58,63 +74,85 @@ pub fn wasm_of(part: Option<&str>) -> PathBuf {
     }
 }
 
-/// Envoy CPU microseconds per request: (happy path, one fallback, no-op arm).
-type Costs = (f64, f64, f64);
-
-fn measure(setup: &Setup<'_>, wasm: &Path, body_dir: &Path) -> Result<Costs, String> {
-    let wasm = std::fs::canonicalize(wasm).map_err(|e| format!("{}: {e}", wasm.display()))?;
-    let paths = envoy_config::Paths {
-        example: setup.example,
-        wasm: &wasm,
-        noop_wasm: setup.noop_wasm,
-    };
-    let config = envoy_config::build(&paths, setup.mock.port)?;
-    let envoy = crate::start_envoy(
-        setup.envoy_bin,
-        &config,
-        &setup.tmp.join("envoy-ablation"),
-        setup.envoy_cpus,
-    )?;
-    let ticks = clock_ticks_per_second() as f64;
-    let per_request = |listener: &str, model: &'static str| -> Result<f64, String> {
-        let port = envoy.listener_port(listener)?;
-        let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
-        let body = body_dir.join(format!("ablation-{}.json", model.replace('+', "_")));
-        std::fs::write(&body, chat_body(16 * 1024, model, Position::First))
-            .map_err(|e| format!("{}: {e}", body.display()))?;
-        let count = |requests: u32| Load::Count {
-            requests,
-            connections: 4,
-        };
-        setup
-            .load_tool
-            .run(&url, &body, count(500), Duration::ZERO, 200)?;
-        let before = cpu_ticks(envoy.pid());
-        let run = setup
-            .load_tool
-            .run(&url, &body, count(setup.requests), Duration::ZERO, 200)?;
-        let used = cpu_ticks(envoy.pid()).saturating_sub(before) as f64;
-        if model == MODEL && run.expected != u64::from(setup.requests) {
-            return Err(format!(
-                "{} on {listener}: {} of {} answered 200 ({})",
-                wasm.display(),
-                run.expected,
-                setup.requests,
-                run.statuses
-            ));
-        }
-        Ok(used / ticks * 1e6 / f64::from(setup.requests))
-    };
-    Ok((
-        per_request("wasm", MODEL)?,
-        per_request("wasm", FAILING)?,
-        per_request("noop", MODEL)?,
-    ))
+/// The listener of a build.
+fn listener_of(part: Option<&str>) -> String {
+    match part {
+        None => "wasm".to_owned(),
+        Some(part) => format!("ablate-{part}"),
+    }
 }
 
-/// Whether a build still falls back: without a plan or an attempt role it cannot.
+/// Whether a build still falls back: without a plan, an attempt role or the
+/// router's retries it cannot.
 fn falls_back(part: Option<&str>) -> bool {
-    !matches!(part, Some("plan" | "attempt"))
+    !matches!(part, Some("plan" | "attempt" | "control"))
+}
+
+/// The bench's config, and one more listener per build: the `wasm` listener with
+/// that build's module, in a VM of its own.
+fn config(setup: &Setup<'_>) -> Result<Value, String> {
+    let full = std::fs::canonicalize(wasm_of(None))
+        .map_err(|e| format!("{}: {e}", wasm_of(None).display()))?;
+    let paths = envoy_config::Paths {
+        example: setup.example,
+        wasm: &full,
+        noop_wasm: setup.noop_wasm,
+    };
+    let mut config = envoy_config::build(&paths, setup.mock.port)?;
+    let listeners = config
+        .pointer_mut("/static_resources/listeners")
+        .and_then(Value::as_array_mut)
+        .ok_or("the bench config has no listeners")?;
+    let wasm = listeners
+        .iter()
+        .find(|listener| listener["name"] == "wasm")
+        .cloned()
+        .ok_or("the bench config has no wasm listener")?;
+    for (part, _) in PARTS {
+        let Some(part) = part else {
+            continue;
+        };
+        let module = wasm_of(Some(part));
+        let module = std::fs::canonicalize(&module)
+            .map_err(|e| format!("{}: {e}: run `make bench-ablation`", module.display()))?;
+        let name = listener_of(Some(part));
+        let mut listener = wasm.clone();
+        listener["name"] = json!(name);
+        listener["filter_chains"][0]["filters"][0]["typed_config"]["stat_prefix"] = json!(name);
+        for_each_wasm_filter(&mut listener, |filter| {
+            filter["vm_config"]["code"]["local"]["filename"] = json!(module.display().to_string());
+            filter["vm_config"]["vm_id"] = json!(name);
+        });
+        listeners.push(listener);
+    }
+    Ok(config)
+}
+
+/// One row of the table: a listener, and whether its requests can fall back.
+struct Arm {
+    listener: String,
+    label: String,
+    part: Option<&'static str>,
+    falls_back: bool,
+}
+
+fn arms() -> Vec<Arm> {
+    let references = REFERENCES.iter().map(|(listener, label, falls_back)| Arm {
+        listener: (*listener).to_owned(),
+        label: (*label).to_owned(),
+        part: None,
+        falls_back: *falls_back,
+    });
+    let builds = PARTS.iter().map(|(part, what)| Arm {
+        listener: listener_of(*part),
+        label: match part {
+            None => (*what).to_owned(),
+            Some(part) => format!("`{part}` off: {what}"),
+        },
+        part: *part,
+        falls_back: falls_back(*part),
+    });
+    references.chain(builds).collect()
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -123,102 +161,149 @@ fn median(values: &mut [f64]) -> f64 {
 }
 
 pub fn run(setup: &Setup<'_>, out: &Path, header: &str) -> Result<(), String> {
-    for (part, _) in PARTS {
-        let wasm = wasm_of(part);
-        if !wasm.exists() {
+    let config = config(setup)?;
+    let envoy = crate::start_envoy(
+        setup.envoy_bin,
+        &config,
+        &setup.tmp.join("envoy-ablation"),
+        setup.envoy_cpus,
+    )?;
+    let mut bodies = Vec::new();
+    for model in [MODEL, FAILING] {
+        let body = setup
+            .tmp
+            .join(format!("ablation-{}.json", model.replace('+', "_")));
+        std::fs::write(&body, chat_body(16 * 1024, model, Position::First))
+            .map_err(|e| format!("{}: {e}", body.display()))?;
+        bodies.push(body);
+    }
+    let (happy_body, failing_body) = match bodies.as_slice() {
+        [happy, failing] => (happy.as_path(), failing.as_path()),
+        _ => return Err("no bodies".to_owned()),
+    };
+    let ticks = clock_ticks_per_second() as f64;
+    let per_request = |listener: &str, body: &Path, expect_all: bool| -> Result<f64, String> {
+        let port = envoy.listener_port(listener)?;
+        let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
+        let count = |requests: u32| Load::Count {
+            requests,
+            connections: 4,
+        };
+        setup
+            .load_tool
+            .run(&url, body, count(500), Duration::ZERO, 200)?;
+        let before = cpu_ticks(envoy.pid());
+        let run = setup
+            .load_tool
+            .run(&url, body, count(setup.requests), Duration::ZERO, 200)?;
+        let used = cpu_ticks(envoy.pid()).saturating_sub(before) as f64;
+        if expect_all && run.expected != u64::from(setup.requests) {
             return Err(format!(
-                "{} not found: run `make bench-ablation`",
-                wasm.display()
+                "{listener}: {} of {} answered 200 ({})",
+                run.expected, setup.requests, run.statuses
             ));
         }
-    }
-    let mut samples: Vec<Vec<Costs>> = vec![Vec::new(); PARTS.len()];
+        Ok(used / ticks * 1e6 / f64::from(setup.requests))
+    };
+    let arms = arms();
+    // Per arm: the happy path's and (where it can) one fallback's µs per request.
+    let mut samples: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); arms.len()];
     for round in 0..setup.rounds {
-        for offset in 0..PARTS.len() {
-            let index = (offset + round) % PARTS.len();
-            let Some((part, _)) = PARTS.get(index) else {
+        for offset in 0..arms.len() {
+            let index = (offset + round) % arms.len();
+            let (Some(arm), Some((happy, fallback))) = (arms.get(index), samples.get_mut(index))
+            else {
                 continue;
             };
-            let costs = measure(setup, &wasm_of(*part), setup.tmp)?;
-            eprintln!(
-                "bench: ablation round {} {:>8}: happy {:.0} µs, fallback {:.0} µs, no-op {:.0} µs",
-                round + 1,
-                part.unwrap_or("full"),
-                costs.0,
-                costs.1,
-                costs.2
-            );
-            if let Some(list) = samples.get_mut(index) {
-                list.push(costs);
+            happy.push(per_request(&arm.listener, happy_body, true)?);
+            if arm.falls_back {
+                fallback.push(per_request(&arm.listener, failing_body, true)?);
             }
+            eprintln!(
+                "bench: ablation round {} {:>16}: happy {:.0} µs, fallback {}",
+                round + 1,
+                arm.listener,
+                happy.last().copied().unwrap_or(f64::NAN),
+                fallback
+                    .last()
+                    .filter(|_| arm.falls_back)
+                    .map_or("–".to_owned(), |us| format!("{us:.0} µs"))
+            );
         }
     }
-    let medians: Vec<Costs> = samples
-        .iter()
-        .map(|list| {
-            let pick = |f: fn(&Costs) -> f64| median(&mut list.iter().map(f).collect::<Vec<_>>());
-            (pick(|c| c.0), pick(|c| c.1), pick(|c| c.2))
-        })
+    let medians: Vec<(f64, Option<f64>)> = samples
+        .iter_mut()
+        .zip(&arms)
+        .map(|((happy, fallback), arm)| (median(happy), arm.falls_back.then(|| median(fallback))))
         .collect();
-    let Some(&(full_happy, full_fallback, _)) = medians.first() else {
+    let figure = |listener: &str| {
+        arms.iter()
+            .zip(&medians)
+            .find(|(arm, _)| arm.listener == listener)
+            .map(|(_, figures)| *figures)
+    };
+    let (Some((router, _)), Some((noop, _)), Some((full_happy, full_fallback))) =
+        (figure("router"), figure("noop"), figure("wasm"))
+    else {
         return Err("no measurement".to_owned());
     };
-    let mut noop: Vec<f64> = samples.iter().flatten().map(|c| c.2).collect();
-    let noop = median(&mut noop);
-    let noop_low = samples
+    let full_samples = arms
         .iter()
-        .flatten()
-        .map(|c| c.2)
-        .fold(f64::INFINITY, f64::min);
-    let noop_high = samples.iter().flatten().map(|c| c.2).fold(0.0, f64::max);
+        .zip(&samples)
+        .find(|(arm, _)| arm.listener == "wasm")
+        .map(|(_, (happy, _))| happy.clone())
+        .unwrap_or_default();
+    let low = full_samples.iter().copied().fold(f64::INFINITY, f64::min);
+    let high = full_samples.iter().copied().fold(0.0, f64::max);
+
     let mut text = String::new();
     let _ = writeln!(text, "# ai-fallback ablation: what each part costs\n");
     let _ = writeln!(text, "{header}\n");
     let _ = writeln!(
         text,
         "Generated by `make bench-ablation` (bench/src/ablation.rs); do not edit by hand. \
-         Each row is the module built with one part switched off (a bench-only cargo \
-         feature, `ablate-<part>`; the shipped module has none), in its own Envoy \
-         (`--concurrency 1`, pinned), 16 KiB bodies with `model` first, {} requests \
-         closed loop over 4 connections per figure, the median of {} rounds with the \
-         builds' order rotated. Envoy's CPU per request, from its process CPU time; the \
-         no-op wasm arm (the same module in both places doing nothing) is measured in \
-         the same Envoys: {noop:.0} µs per request (median), from {noop_low:.0} to \
-         {noop_high:.0} µs from one Envoy to the next. That spread, for a module that \
-         does the same thing every time, is this machine's noise: a part whose cost \
-         is smaller than it is not told apart from nothing. \"Costs\" is the full \
-         module's figure minus the row's: what that part adds.\n",
+         Each `off` row is the module built with one part switched off (a bench-only cargo \
+         feature, `ablate-<part>`; the shipped module has none). Every build has its own \
+         listener and VM in one Envoy (`--concurrency 1`, pinned), beside the bench's \
+         router-only, no-op wasm and Lua arms; 16 KiB bodies with `model` first, {} \
+         requests closed loop over 4 connections per figure, the median of {} rounds \
+         with the order rotated. Envoy's CPU per request, from its process CPU time. \
+         \"Part costs\" is the full module's figure minus the row's: what that part \
+         adds. The full module's own rounds spread from {low:.0} to {high:.0} µs: a \
+         difference smaller than that spread is not told apart from noise.\n",
         setup.requests, setup.rounds
     );
     let _ = writeln!(
         text,
-        "| switched off | happy path µs/req | part costs (happy) | one fallback µs/req | part costs (fallback) |"
+        "| build | happy path µs/req | part costs (happy) | one fallback µs/req | part costs (fallback) |"
     );
     let _ = writeln!(text, "|---|--:|--:|--:|--:|");
-    for ((part, what), (happy, fallback, _)) in PARTS.iter().zip(&medians) {
-        let name = match part {
-            None => what.to_string(),
-            Some(part) => format!("`{part}`: {what}"),
-        };
-        let (happy_cost, fallback_cost) = match part {
-            None => (
-                format!("{:+.0} over no-op", full_happy - noop),
-                format!("{:+.0} over no-op", full_fallback - noop),
+    for (arm, (happy, fallback)) in arms.iter().zip(&medians) {
+        let happy_cost = match (arm.listener.as_str(), arm.part) {
+            ("router", _) => "–".to_owned(),
+            ("noop" | "lua", _) => format!("{:+.0} over the router", happy - router),
+            ("wasm", _) => format!(
+                "{:+.0} over the router, {:+.0} over no-op",
+                full_happy - router,
+                full_happy - noop
             ),
-            Some(_) if falls_back(*part) => (
-                format!("{:.0}", full_happy - happy),
-                format!("{:.0}", full_fallback - fallback),
-            ),
-            Some(_) => (format!("{:.0}", full_happy - happy), "–".to_owned()),
+            _ => format!("{:.0}", full_happy - happy),
         };
-        let fallback = if falls_back(*part) {
-            format!("{fallback:.0}")
-        } else {
-            "– (cannot fall back)".to_owned()
+        let (fallback, fallback_cost) = match (fallback, full_fallback) {
+            (Some(fallback), _) if arm.listener == "wasm" || arm.listener == "lua" => (
+                format!("{fallback:.0}"),
+                format!("{:+.0} over the router's happy path", fallback - router),
+            ),
+            (Some(fallback), Some(full)) => {
+                (format!("{fallback:.0}"), format!("{:.0}", full - fallback))
+            }
+            _ if arm.part.is_some() => ("– (cannot fall back)".to_owned(), "–".to_owned()),
+            _ => ("–".to_owned(), "–".to_owned()),
         };
         let _ = writeln!(
             text,
-            "| {name} | {happy:.0} | {happy_cost} | {fallback} | {fallback_cost} |"
+            "| {} | {happy:.0} | {happy_cost} | {fallback} | {fallback_cost} |",
+            arm.label
         );
     }
     let path = out.join("ablation.md");

@@ -387,7 +387,7 @@ fn run_ablation(args: &Args) -> Result<(), String> {
         noop_wasm: &args.noop_wasm,
         envoy_cpus: side.envoy_cpus.as_deref(),
         tmp: &side.tmp,
-        rounds: if args.quick { 1 } else { 3 },
+        rounds: if args.quick { 1 } else { 5 },
         requests: if args.quick { 2000 } else { 10000 },
     };
     ablation::run(&setup, &args.out, &side.header)

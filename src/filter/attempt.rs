@@ -458,9 +458,10 @@ impl Attempt {
         let Some(planned) = &mut self.planned else {
             return;
         };
-        planned.record.end_ms = Some(self.host.now_ms().saturating_sub(planned.record.start_ms));
         let success = planned.record.class.as_deref() == Some(Class::Success.name());
         if !success || planned.record.truncated {
+            planned.record.end_ms =
+                Some(self.host.now_ms().saturating_sub(planned.record.start_ms));
             self.write_record();
         }
     }
@@ -656,9 +657,10 @@ impl Attempt {
         let headers = self.host.headers(Map::Response).unwrap_or_default();
         self.upstream_asked_for_retry = headers.get(RETRY_HEADER).is_some();
         let status = headers.status();
+        let now = self.host.now_ms();
         let record = &mut planned.record;
         record.status = Some(status);
-        record.first_byte_ms = Some(self.host.now_ms().saturating_sub(record.start_ms));
+        record.first_byte_ms = Some(now.saturating_sub(record.start_ms));
         record.retry_after = headers
             .get("retry-after")
             .filter(|value| value.len() <= RETRY_AFTER_MAX)
@@ -690,7 +692,6 @@ impl Attempt {
             HeaderVerdict::Inspect(kind) => {
                 // Envoy's per-try timeout runs until the headers go on: they must go
                 // before it fires, read or not, or a good answer would be thrown away.
-                let now = self.host.now_ms();
                 match self.release_at() {
                     Some(at) if at <= now => {
                         self.conclude(uninspected(status), None);

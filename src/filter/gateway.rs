@@ -72,6 +72,8 @@ pub struct Gateway {
     answering: Option<u32>,
     /// The answer's end came through.
     answer_complete: bool,
+    /// The client asked for an encoding (removed with the router's control headers).
+    accept_encoding: bool,
 }
 
 /// How the gateway reads an acted-on request's body.
@@ -106,6 +108,7 @@ impl Gateway {
             answered: None,
             answering: None,
             answer_complete: false,
+            accept_encoding: false,
             plan: None,
             finished: None,
             replacing_answer: false,
@@ -266,8 +269,10 @@ impl Gateway {
         if cfg!(feature = "ablate-control") {
             return;
         }
-        if let Err(status) = self.host.set_request_header("accept-encoding", None) {
-            warn!("#{} cannot remove accept-encoding ({status:?})", self.id);
+        if self.accept_encoding {
+            if let Err(status) = self.host.set_request_header("accept-encoding", None) {
+                warn!("#{} cannot remove accept-encoding ({status:?})", self.id);
+            }
         }
         for (name, value) in headers {
             if let Err(status) = self.host.set_request_header(name, Some(&value)) {
@@ -622,6 +627,7 @@ impl Gateway {
             return self.reject_too_large();
         }
         self.request_id = headers.text("x-request-id").unwrap_or_default();
+        self.accept_encoding = headers.get("accept-encoding").is_some();
         self.api = Api::of_path(&path);
         self.path = path;
         self.start = Some(RequestStart {

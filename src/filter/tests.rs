@@ -777,5 +777,5 @@ fn the_happy_path_makes_few_host_calls() {
         *counts.entry(format!("{call:?}")).or_insert(0) += 1;
     }
     println!("{} host calls: {counts:?}", calls.len());
-    assert!(calls.len() <= 42, "{} host calls: {counts:?}", calls.len());
+    assert!(calls.len() <= 39, "{} host calls: {counts:?}", calls.len());
 }

@@ -266,13 +266,13 @@ impl Gateway {
     /// unreadable: an answer the attempt role may have to read must not come
     /// compressed (the client's own encoding is Envoy's compressor's business).
     fn control_router(&self, headers: Vec<(&'static str, String)>) {
-        if cfg!(feature = "ablate-control") {
-            return;
-        }
         if self.accept_encoding {
             if let Err(status) = self.host.set_request_header("accept-encoding", None) {
                 warn!("#{} cannot remove accept-encoding ({status:?})", self.id);
             }
+        }
+        if cfg!(feature = "ablate-control") {
+            return;
         }
         for (name, value) in headers {
             if let Err(status) = self.host.set_request_header(name, Some(&value)) {

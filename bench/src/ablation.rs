@@ -236,25 +236,21 @@ pub fn run(setup: &Setup<'_>, out: &Path, header: &str) -> Result<(), String> {
         .zip(&arms)
         .map(|((happy, fallback), arm)| (median(happy), arm.falls_back.then(|| median(fallback))))
         .collect();
-    let figure = |listener: &str| {
-        arms.iter()
-            .zip(&medians)
-            .find(|(arm, _)| arm.listener == listener)
-            .map(|(_, figures)| *figures)
+    let figures = |listener: &str| {
+        let index = arms.iter().position(|arm| arm.listener == listener)?;
+        Some((*medians.get(index)?, &samples.get(index)?.0))
     };
-    let (Some((router, _)), Some((noop, _)), Some((full_happy, full_fallback))) =
-        (figure("router"), figure("noop"), figure("wasm"))
+    let (
+        Some(((router, _), _)),
+        Some(((noop, _), _)),
+        Some(((full_happy, full_fallback), full_rounds)),
+    ) = (figures("router"), figures("noop"), figures("wasm"))
     else {
         return Err("no measurement".to_owned());
     };
-    let full_samples = arms
-        .iter()
-        .zip(&samples)
-        .find(|(arm, _)| arm.listener == "wasm")
-        .map(|(_, (happy, _))| happy.clone())
-        .unwrap_or_default();
-    let low = full_samples.iter().copied().fold(f64::INFINITY, f64::min);
-    let high = full_samples.iter().copied().fold(0.0, f64::max);
+    // `median` sorted each arm's rounds.
+    let low = full_rounds.first().copied().unwrap_or(f64::NAN);
+    let high = full_rounds.last().copied().unwrap_or(f64::NAN);
 
     let mut text = String::new();
     let _ = writeln!(text, "# ai-fallback ablation: what each part costs\n");

@@ -99,15 +99,7 @@ fn config(setup: &Setup<'_>) -> Result<Value, String> {
         noop_wasm: setup.noop_wasm,
     };
     let mut config = envoy_config::build(&paths, setup.mock.port)?;
-    let listeners = config
-        .pointer_mut("/static_resources/listeners")
-        .and_then(Value::as_array_mut)
-        .ok_or("the bench config has no listeners")?;
-    let wasm = listeners
-        .iter()
-        .find(|listener| listener["name"] == "wasm")
-        .cloned()
-        .ok_or("the bench config has no wasm listener")?;
+    let (listeners, wasm) = envoy_config::listeners_and_wasm(&mut config)?;
     for (part, _) in PARTS {
         let Some(part) = part else {
             continue;

@@ -164,6 +164,21 @@ pub fn build(paths: &Paths<'_>, mock_port: u16) -> Result<Value, String> {
     }))
 }
 
+/// The listeners of a config `build` made, and a copy of its `wasm` listener: the
+/// bench's modes add listeners made from it.
+pub fn listeners_and_wasm(config: &mut Value) -> Result<(&mut Vec<Value>, Value), String> {
+    let listeners = config
+        .pointer_mut("/static_resources/listeners")
+        .and_then(Value::as_array_mut)
+        .ok_or("the bench config has no listeners")?;
+    let wasm = listeners
+        .iter()
+        .find(|listener| listener["name"] == "wasm")
+        .cloned()
+        .ok_or("the bench config has no wasm listener")?;
+    Ok((listeners, wasm))
+}
+
 fn router_with_upstream(router: &Value, filter: Value) -> Value {
     let mut router = router.clone();
     router["typed_config"]["upstream_http_filters"] = json!([

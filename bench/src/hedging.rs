@@ -69,15 +69,7 @@ pub struct Setup<'a> {
 /// the arm's plugin configuration.
 fn config(setup: &Setup<'_>) -> Result<Value, String> {
     let mut config = envoy_config::build(&setup.paths, setup.mock.port)?;
-    let listeners = config
-        .pointer_mut("/static_resources/listeners")
-        .and_then(Value::as_array_mut)
-        .ok_or("the bench config has no listeners")?;
-    let wasm = listeners
-        .iter()
-        .find(|listener| listener["name"] == "wasm")
-        .cloned()
-        .ok_or("the bench config has no wasm listener")?;
+    let (listeners, wasm) = envoy_config::listeners_and_wasm(&mut config)?;
     listeners.clear();
     for (name, _, settings) in configurations() {
         let plugin = plugin(&settings);

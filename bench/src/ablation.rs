@@ -174,7 +174,7 @@ pub fn run(setup: &Setup<'_>, out: &Path, header: &str) -> Result<(), String> {
         _ => return Err("no bodies".to_owned()),
     };
     let ticks = clock_ticks_per_second() as f64;
-    let per_request = |listener: &str, body: &Path, expect_all: bool| -> Result<f64, String> {
+    let per_request = |listener: &str, body: &Path| -> Result<f64, String> {
         let port = envoy.listener_port(listener)?;
         let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
         let count = |requests: u32| Load::Count {
@@ -189,7 +189,7 @@ pub fn run(setup: &Setup<'_>, out: &Path, header: &str) -> Result<(), String> {
             .load_tool
             .run(&url, body, count(setup.requests), Duration::ZERO, 200)?;
         let used = cpu_ticks(envoy.pid()).saturating_sub(before) as f64;
-        if expect_all && run.expected != u64::from(setup.requests) {
+        if run.expected != u64::from(setup.requests) {
             return Err(format!(
                 "{listener}: {} of {} answered 200 ({})",
                 run.expected, setup.requests, run.statuses
@@ -207,9 +207,9 @@ pub fn run(setup: &Setup<'_>, out: &Path, header: &str) -> Result<(), String> {
             else {
                 continue;
             };
-            happy.push(per_request(&arm.listener, happy_body, true)?);
+            happy.push(per_request(&arm.listener, happy_body)?);
             if arm.falls_back {
-                fallback.push(per_request(&arm.listener, failing_body, true)?);
+                fallback.push(per_request(&arm.listener, failing_body)?);
             }
             eprintln!(
                 "bench: ablation round {} {:>16}: happy {:.0} µs, fallback {}",
@@ -218,7 +218,6 @@ pub fn run(setup: &Setup<'_>, out: &Path, header: &str) -> Result<(), String> {
                 happy.last().copied().unwrap_or(f64::NAN),
                 fallback
                     .last()
-                    .filter(|_| arm.falls_back)
                     .map_or("–".to_owned(), |us| format!("{us:.0} µs"))
             );
         }
@@ -267,10 +266,10 @@ pub fn run(setup: &Setup<'_>, out: &Path, header: &str) -> Result<(), String> {
     );
     let _ = writeln!(text, "|---|--:|--:|--:|--:|");
     for (arm, (happy, fallback)) in arms.iter().zip(&medians) {
-        let happy_cost = match (arm.listener.as_str(), arm.part) {
-            ("router", _) => "–".to_owned(),
-            ("noop" | "lua", _) => format!("{:+.0} over the router", happy - router),
-            ("wasm", _) => format!(
+        let happy_cost = match arm.listener.as_str() {
+            "router" => "–".to_owned(),
+            "noop" | "lua" => format!("{:+.0} over the router", happy - router),
+            "wasm" => format!(
                 "{:+.0} over the router, {:+.0} over no-op",
                 full_happy - router,
                 full_happy - noop

@@ -152,8 +152,8 @@ fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
 }
 
 /// Reads one answer (status line, headers, a body framed by `content-length`, by
-/// chunks or by the connection's end; none after 1xx, 204 and 304) and takes it out of `buffer`; its status and
-/// whether the connection stays open.
+/// chunks or by the connection's end; none after 1xx, 204 and 304) and takes it out
+/// of `buffer`; its status and whether the connection stays open.
 fn read_answer(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Result<(u16, bool), String> {
     let head_end = loop {
         if let Some(at) = find(buffer, b"\r\n\r\n", 0) {

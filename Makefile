@@ -128,6 +128,7 @@ ABLATE_PARTS := record stats usage inspect plan attempt control
 
 bench-ablation: build ## what each part of the filter costs, by switching it off in bench-only builds -> results/ablation.md
 	cargo build --locked --release --target wasm32-wasip1 --manifest-path bench/noop-wasm/Cargo.toml --target-dir target/noop-wasm
+	cargo build --locked --release --target wasm32-wasip1 --manifest-path bench/rewrite-wasm/Cargo.toml --target-dir target/rewrite-wasm
 	for part in $(ABLATE_PARTS); do \
 	  CARGO_TARGET_DIR=target/ablate-$$part cargo build --locked --release --target wasm32-wasip1 -p ai-fallback --features ablate-$$part || exit 1; \
 	  $(WASM_OPTIMIZE) target/ablate-$$part/wasm32-wasip1/release/ai_fallback.wasm || exit 1; \

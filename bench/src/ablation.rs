@@ -2,7 +2,8 @@
 //! measured by switching it off in a bench-only build (the crate's `ablate-*`
 //! features; the shipped module has none) and comparing Envoy's CPU per request with
 //! the full module's. Every build has its own listener (and VM) in one Envoy, beside
-//! the router-only, no-op wasm and Lua arms, measured in rounds with the order
+//! the router-only, no-op wasm and Lua arms and the Lua script's work written in
+//! proxy-wasm (bench/rewrite-wasm), measured in rounds with the order
 //! rotated: the builds are compared in the same process, whose cost per request
 //! moves from one Envoy to the next by more than most parts cost. Writes
 //! results/ablation.md.
@@ -45,12 +46,24 @@ pub const PARTS: [(Option<&str>, &str); 8] = [
     ),
 ];
 
-/// The arms every build is compared with, from the bench's own config.
-const REFERENCES: [(&str, &str, bool); 3] = [
+/// The arms every build is compared with: the bench's own, and the Lua rewrite's
+/// work written in proxy-wasm (bench/rewrite-wasm).
+const REFERENCES: [(&str, &str, bool); 4] = [
     ("router", "Envoy router only", false),
     ("noop", "no-op wasm, both places", false),
     ("lua", "Lua rewrite", true),
+    (
+        REWRITE_LISTENER,
+        "the Lua rewrite's work in proxy-wasm (bench/rewrite-wasm)",
+        true,
+    ),
 ];
+
+const REWRITE_LISTENER: &str = "rewrite-wasm";
+
+/// The Lua script's job done call for call by a proxy-wasm module
+/// (bench/rewrite-wasm): the least the same work costs in wasm.
+const REWRITE_WASM: &str = "target/rewrite-wasm/wasm32-wasip1/release/rewrite_wasm.wasm";
 
 pub struct Setup<'a> {
     pub envoy_bin: &'a Path,
@@ -117,6 +130,29 @@ fn config(setup: &Setup<'_>) -> Result<Value, String> {
         });
         listeners.push(listener);
     }
+    let rewrite = std::fs::canonicalize(REWRITE_WASM)
+        .map_err(|e| format!("{REWRITE_WASM}: {e}: run `make bench-ablation`"))?;
+    let mut listener = listeners
+        .iter()
+        .find(|listener| listener["name"] == "noop")
+        .cloned()
+        .ok_or("the bench config has no noop listener")?;
+    listener["name"] = json!(REWRITE_LISTENER);
+    listener["filter_chains"][0]["filters"][0]["typed_config"]["stat_prefix"] =
+        json!(REWRITE_LISTENER);
+    for_each_wasm_filter(&mut listener, |filter| {
+        let role = if filter["name"] == "noop" {
+            "rewrite_gateway"
+        } else {
+            "rewrite_attempt"
+        };
+        filter["root_id"] = json!(role);
+        // Both roles hold the request until its body is in, as the Lua script does.
+        filter["allow_on_headers_stop_iteration"] = json!(true);
+        filter["vm_config"]["code"]["local"]["filename"] = json!(rewrite.display().to_string());
+        filter["vm_config"]["vm_id"] = json!(REWRITE_LISTENER);
+    });
+    listeners.push(listener);
     Ok(config)
 }
 
@@ -252,7 +288,9 @@ pub fn run(setup: &Setup<'_>, out: &Path, header: &str) -> Result<(), String> {
          Each `off` row is the module built with one part switched off (a bench-only cargo \
          feature, `ablate-<part>`; the shipped module has none). Every build has its own \
          listener and VM in one Envoy (`--concurrency 1`, pinned), beside the bench's \
-         router-only, no-op wasm and Lua arms; 16 KiB bodies with `model` first, {} \
+         router-only, no-op wasm and Lua arms and the Lua script's job done call for \
+         call in proxy-wasm (bench/rewrite-wasm: the least that job costs in wasm); \
+         16 KiB bodies with `model` first, {} \
          requests closed loop over 4 connections per figure, the median of {} rounds \
          with the order rotated. Envoy's CPU per request, from its process CPU time. \
          \"Part costs\" is the full module's figure minus the row's: what that part \
@@ -268,7 +306,7 @@ pub fn run(setup: &Setup<'_>, out: &Path, header: &str) -> Result<(), String> {
     for (arm, (happy, fallback)) in arms.iter().zip(&medians) {
         let happy_cost = match arm.listener.as_str() {
             "router" => "–".to_owned(),
-            "noop" | "lua" => format!("{:+.0} over the router", happy - router),
+            "noop" | "lua" | REWRITE_LISTENER => format!("{:+.0} over the router", happy - router),
             "wasm" => format!(
                 "{:+.0} over the router, {:+.0} over no-op",
                 full_happy - router,
@@ -277,7 +315,7 @@ pub fn run(setup: &Setup<'_>, out: &Path, header: &str) -> Result<(), String> {
             _ => format!("{:.0}", full_happy - happy),
         };
         let (fallback, fallback_cost) = match (fallback, full_fallback) {
-            (Some(fallback), _) if arm.listener == "wasm" || arm.listener == "lua" => (
+            (Some(fallback), _) if arm.part.is_none() => (
                 format!("{fallback:.0}"),
                 format!("{:+.0} over the router's happy path", fallback - router),
             ),

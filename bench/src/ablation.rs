@@ -101,8 +101,29 @@ fn falls_back(part: Option<&str>) -> bool {
     !matches!(part, Some("plan" | "attempt" | "control"))
 }
 
-/// The bench's config, and one more listener per build: the `wasm` listener with
-/// that build's module, in a VM of its own.
+/// A copy of `template` named `name`, whose wasm filters load `module` in a VM of
+/// their own; `edit` changes each filter's config further.
+fn listener_with_module(
+    template: &Value,
+    name: &str,
+    module: &Path,
+    edit: impl Fn(&mut Value),
+) -> Result<Value, String> {
+    let module = std::fs::canonicalize(module)
+        .map_err(|e| format!("{}: {e}: run `make bench-ablation`", module.display()))?;
+    let mut listener = template.clone();
+    listener["name"] = json!(name);
+    listener["filter_chains"][0]["filters"][0]["typed_config"]["stat_prefix"] = json!(name);
+    for_each_wasm_filter(&mut listener, |filter| {
+        filter["vm_config"]["code"]["local"]["filename"] = json!(module.display().to_string());
+        filter["vm_config"]["vm_id"] = json!(name);
+        edit(filter);
+    });
+    Ok(listener)
+}
+
+/// The bench's config, one more listener per build (the `wasm` listener with that
+/// build's module), and the rewrite-wasm arm (the `noop` listener with that module).
 fn config(setup: &Setup<'_>) -> Result<Value, String> {
     let full = std::fs::canonicalize(wasm_of(None))
         .map_err(|e| format!("{}: {e}", wasm_of(None).display()))?;
@@ -117,42 +138,31 @@ fn config(setup: &Setup<'_>) -> Result<Value, String> {
         let Some(part) = part else {
             continue;
         };
-        let module = wasm_of(Some(part));
-        let module = std::fs::canonicalize(&module)
-            .map_err(|e| format!("{}: {e}: run `make bench-ablation`", module.display()))?;
         let name = listener_of(Some(part));
-        let mut listener = wasm.clone();
-        listener["name"] = json!(name);
-        listener["filter_chains"][0]["filters"][0]["typed_config"]["stat_prefix"] = json!(name);
-        for_each_wasm_filter(&mut listener, |filter| {
-            filter["vm_config"]["code"]["local"]["filename"] = json!(module.display().to_string());
-            filter["vm_config"]["vm_id"] = json!(name);
-        });
-        listeners.push(listener);
+        listeners.push(listener_with_module(
+            &wasm,
+            &name,
+            &wasm_of(Some(part)),
+            |_| {},
+        )?);
     }
-    let rewrite = std::fs::canonicalize(REWRITE_WASM)
-        .map_err(|e| format!("{REWRITE_WASM}: {e}: run `make bench-ablation`"))?;
-    let mut listener = listeners
+    let noop = listeners
         .iter()
         .find(|listener| listener["name"] == "noop")
         .cloned()
         .ok_or("the bench config has no noop listener")?;
-    listener["name"] = json!(REWRITE_LISTENER);
-    listener["filter_chains"][0]["filters"][0]["typed_config"]["stat_prefix"] =
-        json!(REWRITE_LISTENER);
-    for_each_wasm_filter(&mut listener, |filter| {
-        let role = if filter["name"] == "noop" {
-            "rewrite_gateway"
-        } else {
-            "rewrite_attempt"
-        };
-        filter["root_id"] = json!(role);
-        // Both roles hold the request until its body is in, as the Lua script does.
-        filter["allow_on_headers_stop_iteration"] = json!(true);
-        filter["vm_config"]["code"]["local"]["filename"] = json!(rewrite.display().to_string());
-        filter["vm_config"]["vm_id"] = json!(REWRITE_LISTENER);
-    });
-    listeners.push(listener);
+    let rewrite =
+        listener_with_module(&noop, REWRITE_LISTENER, Path::new(REWRITE_WASM), |filter| {
+            let role = if filter["name"] == "noop" {
+                "rewrite_gateway"
+            } else {
+                "rewrite_attempt"
+            };
+            filter["root_id"] = json!(role);
+            // Both roles hold the request until its body is in, as the Lua script does.
+            filter["allow_on_headers_stop_iteration"] = json!(true);
+        })?;
+    listeners.push(rewrite);
     Ok(config)
 }
 

@@ -5,14 +5,15 @@
 //!
 //! It measures the least a proxy-wasm filter doing the Lua script's job costs on
 //! Envoy's V8, the floor under anything ai-fallback could do in wasm. Like the Lua
-//! script it trusts its input as a user's first version would, but it never panics:
-//! a header or body it cannot read makes it pass the request on.
+//! script it is a user's first version: it trusts its input, and it calls the SDK's
+//! getters and setters, which panic on a status Envoy does not return for these
+//! calls; a header or body that is absent makes it pass the request on.
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 
 proxy_wasm::main! {{
-    proxy_wasm::set_root_context(|_| Box::new(Root));
+    proxy_wasm::set_root_context(|_| Box::new(Root { attempt: false }));
 }}
 
 /// The same chains as the Lua script's.
@@ -76,15 +77,26 @@ fn model_span(body: &[u8]) -> Option<(usize, usize)> {
     None
 }
 
-struct Root;
+/// One per root id; the role is read once, when the plugin is configured, so that a
+/// request pays for no property read the Lua script does not make.
+struct Root {
+    attempt: bool,
+}
 
 impl Context for Root {}
 
 impl RootContext for Root {
+    fn on_configure(&mut self, _: usize) -> bool {
+        self.attempt =
+            self.get_property(vec!["plugin_root_id"]).as_deref() == Some(b"rewrite_attempt");
+        true
+    }
+
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        match self.get_property(vec!["plugin_root_id"]).as_deref() {
-            Some(b"rewrite_attempt") => Some(Box::new(Attempt { number: 1 })),
-            _ => Some(Box::new(Gateway { acting: false })),
+        if self.attempt {
+            Some(Box::new(Attempt { number: 1 }))
+        } else {
+            Some(Box::new(Gateway { acting: false }))
         }
     }
 
